@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Run notebooks top to bottom and save their outputs in place, the way `nbdev_test` runs them.
+
+Cells flagged with a `tst_flags` directive (`#| slow`, `#| gpu`) are skipped unless named in `--flags`,
+and so are `nbdev_export()` cells. A skipped cell keeps the outputs it already had, so a slow cell's
+committed output stays until someone re-runs it with `--flags slow`.
+Unlike `nbdev_test`, `IN_TEST` is not set: default cells run at their full, documented size.
+
+    python tools/run_nb.py nbs/01_data.ipynb                # default cells
+    python tools/run_nb.py nbs/05_learner.ipynb --flags slow  # also the full-size runs
+"""
+import argparse, re, sys, time
+from pathlib import Path
+from execnb.nbio import read_nb, write_nb
+from execnb.shell import CaptureShell
+from fastcore.xtras import working_directory
+from nbdev.config import get_config
+
+def _directives(src):
+    "The `#| flag` words at the top of a cell."
+    out = set()
+    for line in src.splitlines():
+        m = re.match(r'^\s*#\s*\|\s*(.*)$', line)
+        if not m: break
+        out.update(m.group(1).split())
+    return out
+
+def run_nb(fn, flags=()):
+    skip = set(get_config().tst_flags.split()) - set(flags)
+    fn = Path(fn).absolute()
+    nb = read_nb(fn)
+    def _skip(cell):
+        if cell.cell_type != 'code' or 'nbdev_export'+'(' in cell.source: return True
+        return bool(_directives(cell.source) & skip)
+    def _clear(cell):
+        if not _skip(cell): cell.outputs = []
+    for c in nb.cells: _clear(c)
+    start = time.time()
+    sh = CaptureShell(fn, mpl_format='png')
+    with working_directory(fn.parent): sh.run_all(nb, exc_stop=True, preproc=_skip)
+    write_nb(nb, fn)
+    print(f'{fn.name}: {time.time()-start:.0f}s')
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('nbs', nargs='+'); p.add_argument('--flags', default='', help='space-separated flags to run too')
+    a = p.parse_args()
+    for f in a.nbs: run_nb(f, a.flags.split())
