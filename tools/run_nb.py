@@ -37,7 +37,10 @@ def run_nb(fn, flags=()):
     for c in nb.cells: _clear(c)
     start = time.time()
     sh = CaptureShell(fn, mpl_format='png')
-    with working_directory(fn.parent): sh.run_all(nb, exc_stop=True, preproc=_skip)
+    try:
+        with working_directory(fn.parent): sh.run_all(nb, exc_stop=True, preproc=_skip)
+    except Exception:
+        sys.stderr.write(sh.prettytb(fname=fn) + '\n'); sys.exit(f'{fn.name}: failed, outputs not saved')
     write_nb(nb, fn)
     print(f'{fn.name}: {time.time()-start:.0f}s')
 
