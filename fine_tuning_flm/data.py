@@ -7,8 +7,8 @@ __all__ = ['MOVIELENS', 'ITEM_TEMPLATE', 'OFFICIAL_FOLDS', 'download_file', 'ext
            'clean_title', 'default_template', 'item_texts', 'load_movielens', 'split_report', 'favourite_items',
            'user_texts', 'prompt']
 
-# %% ../nbs/01_data.ipynb #3af4579d
-import hashlib, re, shutil, urllib.request, warnings, zipfile
+# %% ../nbs/01_data.ipynb #cf51ecdb
+import hashlib, re, shutil, urllib.request, warnings, zipfile, zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from fastprogress.fastprogress import progress_bar
 
 from .core import *
 
-# %% ../nbs/01_data.ipynb #6ae7ea06
+# %% ../nbs/01_data.ipynb #feffea7f
 _GL = 'https://files.grouplens.org/datasets/movielens/'
 MOVIELENS = {
     'ml-100k': dict(url=_GL+'ml-100k.zip', md5='0e33842e24a9c977be4e0107933c0723', size=4924029,
@@ -28,7 +28,7 @@ MOVIELENS = {
     'ml-1m': dict(url=_GL+'ml-1m.zip', md5=None, min_size=5_000_000, files=('ratings.dat', 'movies.dat', 'users.dat')),
 }
 
-# %% ../nbs/01_data.ipynb #554164c1
+# %% ../nbs/01_data.ipynb #30b485d5
 def download_file(
     url:str, # where to fetch from (http, https or file)
     dest:str|Path, # file to write (atomically)
@@ -42,7 +42,8 @@ def download_file(
     try:
         with urllib.request.urlopen(url, timeout=60) as r, atomic_write(dest) as f:
             total = int(r.headers.get('Content-Length') or 0) or None
-            pb = progress_bar(range(total or 1), leave=False) if progress and total else None
+            pb = progress_bar(range(total), leave=False) if progress and total else None
+            if pb is not None: pb.update(0)   # fastprogress needs a 0 first: it starts the clock
             while chunk := r.read(1 << 16):
                 f.write(chunk); h.update(chunk); n += len(chunk)
                 if pb is not None: pb.update(min(n, total))
@@ -54,7 +55,7 @@ def download_file(
         raise OSError(f"could not download {url}: {e}. Download it by hand and pass its folder as `path=`, or set FLM_DATA") from e
     return dest
 
-# %% ../nbs/01_data.ipynb #00328478
+# %% ../nbs/01_data.ipynb #1d57c6de
 def extract_dataset(
     zip_path:str|Path, # a GroupLens zip
     dest:str|Path, # folder to create; replaced atomically
@@ -72,10 +73,11 @@ def extract_dataset(
                 with z.open(m) as src, open(out, 'wb') as dst: shutil.copyfileobj(src, dst)
             missing = [f for f in files if not (tmp/f).exists()]
             if missing: raise ValueError(f"{zip_path.name}: not a {dest.name} archive, missing {missing}")
-    except zipfile.BadZipFile as e: raise ValueError(f"{zip_path.name}: not a valid zip file ({e}); delete it and download again") from e
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:   # a bad directory, corrupt deflate data, a member cut short
+        raise ValueError(f"{zip_path.name}: not a valid zip file ({e}); delete it and download again") from e
     return dest
 
-# %% ../nbs/01_data.ipynb #68252a1a
+# %% ../nbs/01_data.ipynb #71e26847
 def movielens_path(
     name:str='ml-latest-small', # 'ml-100k', 'ml-1m' or 'ml-latest-small'
     path:str|Path|None=None, # a folder holding the dataset's files; skips every lookup
@@ -97,11 +99,14 @@ def movielens_path(
     try: return extract_dataset(zip_path, cache/name, spec['files'])
     finally: zip_path.unlink(missing_ok=True)
 
-# %% ../nbs/01_data.ipynb #057d25a1
+# %% ../nbs/01_data.ipynb #3c6f3810
+def _show(v):
+    "repr of a value, numpy scalars as plain python (`7`, not `np.int64(7)`)."
+    return repr(v.item() if isinstance(v, np.generic) else v)
+
 def _example(df, mask, col):
     i = mask.to_numpy().nonzero()[0][0]
-    v = df[col].iloc[i]
-    return f"e.g. {v.item() if isinstance(v, np.generic) else v!r} at row {df.index[i]}"
+    return f"e.g. {_show(df[col].iloc[i])} at row {df.index[i]}"
 
 def _check_ratings(df, cols, source, scale=None):
     "Validate and coerce the ratings columns; return (df, scale)."
@@ -115,7 +120,11 @@ def _check_ratings(df, cols, source, scale=None):
     r = pd.to_numeric(df[rc], errors='coerce')
     bad = r.isna()
     if bad.any(): raise ValueError(f"{source}: column {rc!r} has {bad.sum():,} non-numeric value(s), {_example(df, bad, rc)}")
-    if scale is None: scale = (float(r.min()), float(r.max()))
+    inf = ~np.isfinite(r)
+    if inf.any(): raise ValueError(f"{source}: column {rc!r} has {inf.sum():,} infinite value(s), {_example(df, inf, rc)}")
+    if scale is None:
+        scale = (float(r.min()), float(r.max()))
+        if scale[0] == scale[1]: raise ValueError(f"{source}: every value in column {rc!r} is {scale[0]:g}, so the rating scale cannot be inferred; pass scale=(low, high)")
     lo, hi = map(float, scale)
     if not lo < hi: raise ValueError(f"{source}: rating scale {scale!r} must be (low, high) with low < high")
     out = (r < lo) | (r > hi)
@@ -128,7 +137,7 @@ def _check_ratings(df, cols, source, scale=None):
         df = df.assign(**{tc: t.astype('int64')})
     return df, (lo, hi)
 
-# %% ../nbs/01_data.ipynb #6da158ab
+# %% ../nbs/01_data.ipynb #51f40339
 def _drop_duplicates(df, ucol, icol, tcol, source):
     if tcol is not None: df = df.sort_values(tcol, kind='stable')
     dup = df.duplicated([ucol, icol], keep='last')
@@ -136,7 +145,7 @@ def _drop_duplicates(df, ucol, icol, tcol, source):
     if n: warnings.warn(f"{source}: dropped {n:,} duplicate ({ucol}, {icol}) pairs, kept the latest" + (f" by {tcol!r}" if tcol else " row"))
     return df[~dup].sort_index(), n
 
-# %% ../nbs/01_data.ipynb #2c339472
+# %% ../nbs/01_data.ipynb #6017fc1f
 class Interactions:
     "Ratings with contiguous user/item codes, the item table (with `text`) and the user table."
     def __init__(self,
@@ -162,7 +171,7 @@ class Interactions:
         "A new `Interactions` with other ratings and the same vocabulary."
         return Interactions(ratings.reset_index(drop=True), self.items, self.users, self.scale, name or self.name, self.path)
 
-# %% ../nbs/01_data.ipynb #08bb9af4
+# %% ../nbs/01_data.ipynb #d4663b7a
 def _codes(vocab, ids, kind, name):
     idx = pd.Index(vocab)
     scalar = np.ndim(ids) == 0
@@ -170,7 +179,7 @@ def _codes(vocab, ids, kind, name):
     codes = idx.get_indexer(arr)
     if (codes < 0).any():
         bad = arr[codes < 0]
-        raise KeyError(f"{name}: {(codes < 0).sum():,} {kind} id(s) not in the vocabulary, e.g. {bad[0]!r}")
+        raise KeyError(f"{name}: {(codes < 0).sum():,} {kind} id(s) not in the vocabulary, e.g. {_show(bad[0])}")
     return int(codes[0]) if scalar else codes
 
 def _user_code(self:Interactions, ids):
@@ -181,16 +190,16 @@ def _item_code(self:Interactions, ids):
     return _codes(self.items.id, ids, 'item', self.name)
 Interactions.user_code, Interactions.item_code = _user_code, _item_code
 
-# %% ../nbs/01_data.ipynb #5f774d76
+# %% ../nbs/01_data.ipynb #7c6da8fe
 def _vocab(table, col, seen, kind, source):
     "The id column of an optional side table, checked against the ids in the ratings."
     if table is None: return pd.DataFrame({'id': np.sort(seen)})
     if col not in table.columns: raise ValueError(f"{source}: the {kind} table has no column {col!r}; its columns are {list(table.columns)}")
     if table[col].isna().any(): raise ValueError(f"{source}: the {kind} table has {table[col].isna().sum():,} missing ids in {col!r}")
     dup = table[col].duplicated()
-    if dup.any(): raise ValueError(f"{source}: the {kind} table repeats {dup.sum():,} ids, e.g. {table[col][dup].iloc[0]!r}")
+    if dup.any(): raise ValueError(f"{source}: the {kind} table repeats {dup.sum():,} ids, e.g. {_show(table[col][dup].iloc[0])}")
     unknown = ~pd.Index(seen).isin(table[col])
-    if unknown.any(): raise ValueError(f"{source}: {unknown.sum():,} {kind} ids in the ratings are not in the {kind} table, e.g. {seen[unknown][0]!r}")
+    if unknown.any(): raise ValueError(f"{source}: {unknown.sum():,} {kind} ids in the ratings are not in the {kind} table, e.g. {_show(seen[unknown][0])}")
     t = table.rename(columns={col: 'id'}).sort_values('id', kind='stable').reset_index(drop=True)
     return t[['id'] + [c for c in t.columns if c != 'id']]
 
@@ -220,7 +229,7 @@ def _from_df(cls, ratings:pd.DataFrame, items:pd.DataFrame|None=None, users:pd.D
     return cls(r, items_t, users_t, scale, name, path)
 Interactions.from_df = _from_df
 
-# %% ../nbs/01_data.ipynb #ef4982dd
+# %% ../nbs/01_data.ipynb #539c7d37
 def _read_table(fn, what, **kw):
     fn = Path(fn)
     if not fn.exists(): raise FileNotFoundError(f"{what} file {str(fn)!r} does not exist")
@@ -239,7 +248,7 @@ def _from_csv(cls, ratings:str|Path, items:str|Path|None=None, users:str|Path|No
     return cls.from_df(r, it, us, **kwargs)
 Interactions.from_csv = _from_csv
 
-# %% ../nbs/01_data.ipynb #581b9d49
+# %% ../nbs/01_data.ipynb #5ca68812
 _ARTICLES = r"The|A|An|Les|La|Le|L'|Il|Lo|Los|Las|El|Das|Der|Die|Den|Det|De|Het|I|Gli|Une|Un"
 _TRAILING_ARTICLE = re.compile(rf"^(.+?), ({_ARTICLES})(\s+\(.*\))?\s*$")
 
@@ -251,7 +260,7 @@ def clean_title(title:str) -> str:
     head, art, rest = m.group(1), m.group(2), m.group(3) or ''
     return f"{art}{'' if art.endswith(chr(39)) else ' '}{head}{rest}"
 
-# %% ../nbs/01_data.ipynb #3a10ca54
+# %% ../nbs/01_data.ipynb #4b9e67c6
 ITEM_TEMPLATE = ('{title}', 'Genres: {genres}', 'Tags: {tags}')
 
 def default_template(cols:list) -> tuple:
@@ -287,7 +296,7 @@ def item_texts(
         out.append(' '.join(s if s.endswith(('.', '!', '?')) else s + '.' for s in segs))
     return out
 
-# %% ../nbs/01_data.ipynb #24c20929
+# %% ../nbs/01_data.ipynb #f421e71f
 def _year(titles, fallback=None):
     y = titles.astype(str).str.extract(r'\((\d{4})\)\s*$')[0]
     if fallback is not None: y = y.fillna(fallback.astype(str).str.extract(r'(\d{4})\s*$')[0])
@@ -340,7 +349,7 @@ def _read_ml1m(path):
 
 _READERS = {'ml-100k': _read_ml100k, 'ml-latest-small': _read_ml_latest, 'ml-1m': _read_ml1m}
 
-# %% ../nbs/01_data.ipynb #9616e5ee
+# %% ../nbs/01_data.ipynb #ba96d15c
 def load_movielens(
     name:str='ml-latest-small', # 'ml-100k', 'ml-1m' or 'ml-latest-small'
     path:str|Path|None=None, # folder with the files; default `$FLM_DATA/name`, else the cache, else download
@@ -352,7 +361,7 @@ def load_movielens(
     return Interactions.from_df(r, it, us, user_col='user_id', item_col='item_id', scale=scale,
                                 template=template, name=name, path=path)
 
-# %% ../nbs/01_data.ipynb #8bcac6b5
+# %% ../nbs/01_data.ipynb #8b9bdbc0
 def _exactly_one_back(test, groups, rng):
     "Move one test row back to train for every group that has no train row left."
     has_train = np.zeros(groups.max() + 1, bool); has_train[groups[~test]] = True
@@ -424,7 +433,7 @@ def _split(self:Interactions,
     return self._like(r[~test], f'{self.name} train'), self._like(r[test], f'{self.name} test')
 Interactions.split = _split
 
-# %% ../nbs/01_data.ipynb #b78c070b
+# %% ../nbs/01_data.ipynb #b23e2d6f
 def split_report(splits:dict) -> pd.DataFrame:
     "One row per named `(train, test)` pair: sizes and how many test users/items are cold."
     rows = []
@@ -436,7 +445,7 @@ def split_report(splits:dict) -> pd.DataFrame:
                          cold_item_ratings=int(np.isin(tst.ratings.item, ti[ci]).sum())))
     return pd.DataFrame(rows).set_index('split')
 
-# %% ../nbs/01_data.ipynb #5487e6ea
+# %% ../nbs/01_data.ipynb #a209c996
 def _sample(self:Interactions,
             frac:float=0.1, # fraction of users to keep
             seed:int=0):
@@ -448,7 +457,7 @@ def _sample(self:Interactions,
     return self._like(self.ratings[np.isin(self.ratings.user.to_numpy(), keep)], f'{self.name} ({frac:.0%} of users)')
 Interactions.sample = _sample
 
-# %% ../nbs/01_data.ipynb #5756329f
+# %% ../nbs/01_data.ipynb #a09b8154
 def favourite_items(
     train:Interactions, # the training side of a split
     n:int=5, # titles per user
@@ -464,7 +473,7 @@ def favourite_items(
     for u, items in top.items(): out[u] = items
     return out
 
-# %% ../nbs/01_data.ipynb #c1910793
+# %% ../nbs/01_data.ipynb #884bcccf
 _OCC_NONE = {'', 'none', 'other', 'nan'}
 def _demographics(row) -> str:
     age, g, occ = row.get('age'), str(row.get('gender', '') or ''), str(row.get('occupation', '') or '').strip()
@@ -494,7 +503,7 @@ def user_texts(
         out.append(f"{who} who loved {', '.join(titles[fav])}" if fav else who)
     return out
 
-# %% ../nbs/01_data.ipynb #fc4fb9ef
+# %% ../nbs/01_data.ipynb #9559f043
 def prompt(user_text:str, item_text:str) -> str:
     "The input prompt for a (user, candidate item) pair."
     return f"User: {user_text.strip().rstrip('.')}. Candidate: {item_text.strip()} Will they like it?"
