@@ -361,7 +361,7 @@ def load_movielens(
     return Interactions.from_df(r, it, us, user_col='user_id', item_col='item_id', scale=scale,
                                 template=template, name=name, path=path)
 
-# %% ../nbs/01_data.ipynb #8b9bdbc0
+# %% ../nbs/01_data.ipynb #dfaf3289
 def _exactly_one_back(test, groups, rng):
     "Move one test row back to train for every group that has no train row left."
     has_train = np.zeros(groups.max() + 1, bool); has_train[groups[~test]] = True
@@ -413,9 +413,10 @@ def _split_official(d, fold='u1'):
     base, test = (pd.read_csv(Path(d.path)/f'{fold}.{s}', sep='\t', names=names) for s in ('base', 'test'))
     key = lambda u, i: u.astype(np.int64) * d.n_items + i
     tkey = key(d.user_code(test.user_id.to_numpy()), d.item_code(test.item_id.to_numpy()))
+    bkey = key(d.user_code(base.user_id.to_numpy()), d.item_code(base.item_id.to_numpy()))
     dkey = key(d.ratings.user.to_numpy(), d.ratings.item.to_numpy())
-    mask = np.isin(dkey, tkey)
-    if mask.sum() != len(test) or len(d) - mask.sum() != len(base):
+    mask, in_base = np.isin(dkey, tkey), np.isin(dkey, bkey)
+    if not (mask | in_base).all() or (mask & in_base).any():   # a sample of ml-100k (`sample`) splits by the same files
         raise ValueError(f"{fold}.base/{fold}.test ({len(base):,}/{len(test):,}) do not partition {d.name} ({len(d):,} ratings)")
     return mask
 
