@@ -25,7 +25,7 @@ def _directives(src):
         out.update(m.group(1).split())
     return out
 
-def run_nb(fn, flags=()):
+def run_nb(fn, flags=(), timing=False, save_on_error=False):
     skip = set(get_config().tst_flags.split()) - set(flags)
     fn = Path(fn).absolute()
     nb = read_nb(fn)
@@ -35,17 +35,27 @@ def run_nb(fn, flags=()):
     def _clear(cell):
         if not _skip(cell): cell.outputs = []
     for c in nb.cells: _clear(c)
-    start = time.time()
+    start = time.time(); times = []
     sh = CaptureShell(fn, mpl_format='png')
+    def _pre(cell):
+        if _skip(cell): return True
+        times.append([time.time(), cell.source.splitlines()[0][:70] if cell.source else '']); return False
+    def _post(cell): times[-1][0] = time.time() - times[-1][0]
     try:
-        with working_directory(fn.parent): sh.run_all(nb, exc_stop=True, preproc=_skip)
+        with working_directory(fn.parent): sh.run_all(nb, exc_stop=True, preproc=_pre, postproc=_post)
     except Exception:
-        sys.stderr.write(sh.prettytb(fname=fn) + '\n'); sys.exit(f'{fn.name}: failed, outputs not saved')
+        sys.stderr.write(sh.prettytb(fname=fn) + '\n')
+        if save_on_error: write_nb(nb, fn)
+        sys.exit(f"{fn.name}: failed, outputs {'saved up to the failing cell' if save_on_error else 'not saved'}")
     write_nb(nb, fn)
     print(f'{fn.name}: {time.time()-start:.0f}s')
+    if timing:
+        for t, src in sorted(times, reverse=True)[:8]: print(f'  {t:6.1f}s  {src}')
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('nbs', nargs='+'); p.add_argument('--flags', default='', help='space-separated flags to run too')
+    p.add_argument('--timing', action='store_true', help='print the slowest cells')
+    p.add_argument('--save-on-error', action='store_true', help='on a failure, save the outputs so far (to inspect them)')
     a = p.parse_args()
-    for f in a.nbs: run_nb(f, a.flags.split())
+    for f in a.nbs: run_nb(f, a.flags.split(), a.timing, a.save_on_error)
