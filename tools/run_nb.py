@@ -25,6 +25,17 @@ def _directives(src):
         out.update(m.group(1).split())
     return out
 
+_QUIET_BARS = """
+import fastprogress.fastprogress as _fp
+_pb_init = _fp.ProgressBar.__init__
+def _quiet_init(self, gen, total=None, display=True, leave=True, parent=None, master=None, txt_len=60):
+    self.cols, self.length, self.max_len, self.prefix = 100, 40, 0, ''
+    _pb_init(self, gen, total, display, leave, parent, master)
+_fp.ConsoleProgressBar.__init__ = _quiet_init
+for _m in ('on_update', 'on_iter_end', 'on_interrupt'): setattr(_fp.ConsoleProgressBar, _m, lambda self, *a, **k: None)
+del _m, _quiet_init
+"""
+
 def run_nb(fn, flags=(), timing=False, save_on_error=False):
     skip = set(get_config().tst_flags.split()) - set(flags)
     fn = Path(fn).absolute()
@@ -37,6 +48,9 @@ def run_nb(fn, flags=(), timing=False, save_on_error=False):
     for c in nb.cells: _clear(c)
     start = time.time(); times = []
     sh = CaptureShell(fn, mpl_format='png')
+    # execnb is not a Jupyter kernel, so fastprogress draws console bars: '\r'-redrawn lines that would be saved as
+    # junk in the outputs. Keep what a reader needs (fastai's epoch table, written through the master bar) and drop the bars.
+    sh.run(_QUIET_BARS)
     def _pre(cell):
         if _skip(cell): return True
         times.append([time.time(), cell.source.splitlines()[0][:70] if cell.source else '']); return False
