@@ -60,7 +60,13 @@ def data_dir() -> Path:
     if not path.is_dir(): raise FileNotFoundError(f"FLM_DATA={root!r} is not a folder; point it at a folder of datasets or unset it to use {cache_dir('data')}")
     return path
 
-# %% ../nbs/00_core.ipynb #6b42d31c
+# %% ../nbs/00_core.ipynb #747e3cbb
+def _new_file_mode(path):
+    "The permissions of the file being replaced, or what `open()` would give a new one (0o666 less the umask)."
+    if path.exists(): return path.stat().st_mode & 0o7777
+    um = os.umask(0); os.umask(um)
+    return 0o666 & ~um
+
 @contextlib.contextmanager
 def atomic_write(
     path:str|Path, # the file to (over)write
@@ -77,12 +83,13 @@ def atomic_write(
         with os.fdopen(fd, mode, encoding=(encoding or 'utf-8') if mode == 'w' else None) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode(path))   # mkstemp makes 0600 files; give the file what a plain open() would
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
 
-# %% ../nbs/00_core.ipynb #044b2491
+# %% ../nbs/00_core.ipynb #ebcb76f8
 @contextlib.contextmanager
 def atomic_dir(
     path:str|Path, # the folder to create (or replace)
@@ -93,6 +100,8 @@ def atomic_dir(
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'))
     try:
         yield tmp
+        um = os.umask(0); os.umask(um)
+        os.chmod(tmp, 0o777 & ~um)      # mkdtemp makes 0700 folders; give it what a plain mkdir() would
         old = None
         if path.exists():
             old = path.with_name(f'.{path.name}.old-{os.getpid()}')
