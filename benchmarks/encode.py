@@ -16,7 +16,6 @@ Machine load skews timings: the load average is printed before and after; re-run
 import argparse, json, os, platform, statistics, sys, tempfile, time, warnings
 
 import torch
-from pathlib import Path
 
 
 def _rate(f, n):
@@ -124,7 +123,6 @@ def main(argv=None):
     print(f'load average after: {_load()}')
     res['load_after'] = _load()
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(a.out, 'w') as fh: json.dump(res, fh, indent=1)
     return med
 

@@ -16,9 +16,9 @@ import numpy as np, pandas as pd, torch
 from fine_tuning_flm.core import set_seed
 from fine_tuning_flm.data import load_movielens
 from fine_tuning_flm.learner import FLM_RECIPE, text_vectors, train_flm
+from fine_tuning_flm.evaluation import UserMean, rmse
+from fine_tuning_flm.core import atomic_write
 from fastai.callback.core import Callback
-
-def rmse(p, y): return float(np.sqrt(np.mean((np.asarray(p, float) - np.asarray(y, float))**2)))
 
 def svd_fold(trn, tst, seed=0):
     from surprise import SVD, Dataset, Reader
@@ -105,15 +105,12 @@ def main(argv=None):
         civ, cuv = text_vectors(ctrn)
         learn = train_flm(ctrn, ctst, item_vectors=civ, user_vectors=cuv, epochs=a.epochs, progress=False)
         cold = rmse(learn.model.predict(ctst.ratings.user, ctst.ratings.item, cold=True), ctst.ratings.rating)
-        um = ctrn.ratings.groupby('user').rating.mean().reindex(range(ctrn.n_users)).fillna(ctrn.ratings.rating.mean()).to_numpy()
-        res['cold_items'] = dict(flm_text_path_rmse=cold, user_mean_rmse=rmse(um[ctst.ratings.user], ctst.ratings.rating), n_test=len(ctst))
+        um = UserMean().fit(ctrn).predict(ctst.ratings.user, ctst.ratings.item, cold=True)
+        res['cold_items'] = dict(flm_text_path_rmse=cold, user_mean_rmse=rmse(um, ctst.ratings.rating), n_test=len(ctst))
         print(f"\ncold items (20% of items held out, seed 0): FLM text path RMSE {cold:.4f}, user-mean baseline {res['cold_items']['user_mean_rmse']:.4f}")
     res['wall_seconds'] = time.perf_counter() - t
     print(f"\nwall time {res['wall_seconds']:.0f}s")
     if a.out:
-        from pathlib import Path
-        from fine_tuning_flm.core import atomic_write
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(a.out, 'w') as fh: json.dump(res, fh, indent=1)
     return res
 

@@ -60,12 +60,14 @@ def data_dir() -> Path:
     if not path.is_dir(): raise FileNotFoundError(f"FLM_DATA={root!r} is not a folder; point it at a folder of datasets or unset it to use {cache_dir('data')}")
     return path
 
-# %% ../nbs/00_core.ipynb #747e3cbb
+# %% ../nbs/00_core.ipynb #a58c4432
+def _umask():
+    "The process's umask (reading it means setting it: put it straight back)."
+    um = os.umask(0); os.umask(um); return um
+
 def _new_file_mode(path):
     "The permissions of the file being replaced, or what `open()` would give a new one (0o666 less the umask)."
-    if path.exists(): return path.stat().st_mode & 0o7777
-    um = os.umask(0); os.umask(um)
-    return 0o666 & ~um
+    return path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
 
 @contextlib.contextmanager
 def atomic_write(
@@ -89,7 +91,7 @@ def atomic_write(
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
 
-# %% ../nbs/00_core.ipynb #ebcb76f8
+# %% ../nbs/00_core.ipynb #8466a43c
 @contextlib.contextmanager
 def atomic_dir(
     path:str|Path, # the folder to create (or replace)
@@ -100,8 +102,7 @@ def atomic_dir(
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'))
     try:
         yield tmp
-        um = os.umask(0); os.umask(um)
-        os.chmod(tmp, 0o777 & ~um)      # mkdtemp makes 0700 folders; give it what a plain mkdir() would
+        os.chmod(tmp, 0o777 & ~_umask())      # mkdtemp makes 0700 folders; give it what a plain mkdir() would
         old = None
         if path.exists():
             old = path.with_name(f'.{path.name}.old-{os.getpid()}')

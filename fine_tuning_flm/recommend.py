@@ -211,7 +211,7 @@ def _load(cls, path:str|Path) -> Recommender:
     return cls(m, _read_table(path, 'items', meta['items']), _read_table(path, 'users', meta['users']), seen, enc, te, tuple(meta['scale']))
 Recommender.load = _load
 
-# %% ../nbs/07_recommend.ipynb #1efd6dfd
+# %% ../nbs/07_recommend.ipynb #6562868c
 def _load_data(a) -> Interactions:
     if getattr(a, 'ratings', None):
         return Interactions.from_csv(a.ratings, a.items, user_col=a.user_col, item_col=a.item_col, rating_col=a.rating_col)
@@ -224,9 +224,7 @@ def _split_args(a) -> dict:
     if kind == 'temporal': return dict(kind='temporal', n=1)
     return dict(kind=kind, valid_pct=a.valid_pct, seed=a.seed)
 
-def _rmse(model, tst, cold=False):
-    p = model.predict(tst.ratings.user, tst.ratings.item, cold=cold)
-    return float(np.sqrt(np.mean((p - tst.ratings.rating.to_numpy())**2)))
+def _rmse(model, tst, cold=False): return rmse(model.predict(tst.ratings.user, tst.ratings.item, cold=cold), tst.ratings.rating)
 
 def cmd_train(a) -> Recommender:
     data = _load_data(a)
