@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
+from fastcore.basics import patch
 
 from .core import *
 from .data import *
@@ -369,7 +370,8 @@ def _chunks(lens, per_row, budget):
         while end < len(order) and (end - start + 1) * max(lens[order[end]], 1) * per_row <= budget: end += 1
         yield order[start:end]; start = end
 
-def _score_items(self:ContentKNN, users, cold:bool=False) -> torch.Tensor:
+@patch
+def score_items(self:ContentKNN, users, cold:bool=False) -> torch.Tensor:
     "(len(users), n_items): mean cosine similarity to each user's `k` most similar liked items."
     users, _ = self._check(users, cold=cold)
     out = torch.empty(len(users), self.n_items)
@@ -391,10 +393,10 @@ def _score_items(self:ContentKNN, users, cold:bool=False) -> torch.Tensor:
         top = np.partition(sim, sim.shape[2] - self.k, axis=2)[..., -self.k:]         # the k largest, in any order
         out[torch.from_numpy(rows)] = torch.from_numpy(top.sum(2).T / self.k)
     return out
-ContentKNN.score_items = _score_items
 
 # %% ../nbs/06_evaluation.ipynb #93af5965
-def _predict(self:ContentKNN, users, items, cold:bool=False, batch_size:int=1024) -> np.ndarray:
+@patch
+def predict(self:ContentKNN, users, items, cold:bool=False, batch_size:int=1024) -> np.ndarray:
     "Biases plus the similarity-weighted mean residual of the `k_predict` most similar items the user rated."
     users, items = self._check(users, items, cold)
     out = self.biases.baseline(users, items)
@@ -409,7 +411,6 @@ def _predict(self:ContentKNN, users, items, cold:bool=False, batch_size:int=1024
         num, den = (w * res.gather(1, top.indices)).sum(1), w.sum(1)
         out[s:s+batch_size] += torch.where(den > 0, num / den.clamp(min=1e-12), 0.).numpy()
     return out.clip(*self.scale)
-ContentKNN.predict = _predict
 
 # %% ../nbs/06_evaluation.ipynb #651c4756
 def _model_scores(model, users, cold):

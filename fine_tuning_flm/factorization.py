@@ -12,6 +12,7 @@ from torch import nn
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.layers import sigmoid_range
+from fastcore.basics import patch
 
 from .core import *
 from .data import *
@@ -86,19 +87,21 @@ def _side(emb, bias, tower, proj, codes, keep=None):
         f, b = f + t[..., :-1], b + t[..., -1]
     return f, b
 
-def _item_side(self:FLM, items, keep=None):
+@patch
+def item_side(self:FLM, items, keep=None):
     "q_i and b_i for item codes."
     return _side(self.i_weight, self.i_bias, self.i_text, self.i_proj, items, keep)
-def _user_side(self:FLM, users, keep=None):
+@patch
+def user_side(self:FLM, users, keep=None):
     "p_u and b_u for user codes."
     return _side(self.u_weight, self.u_bias, self.u_text, self.u_proj, users, keep)
-FLM.item_side, FLM.user_side = _item_side, _user_side
 
 # %% ../nbs/04_factorization.ipynb #59532658
 def _drop_mask(n, p, device):
     return (torch.rand(n, device=device) >= p).float() if p > 0 else None
 
-def _forward(self:FLM, x:torch.Tensor, cold:bool=False) -> torch.Tensor:
+@patch
+def forward(self:FLM, x:torch.Tensor, cold:bool=False) -> torch.Tensor:
     "Ratings for a (batch, 2) tensor of (user, item) codes; `cold` drops the ID parts of unseen codes."
     u, i = x[:, 0], x[:, 1]
     if self.training:
@@ -110,7 +113,6 @@ def _forward(self:FLM, x:torch.Tensor, cold:bool=False) -> torch.Tensor:
     if self.training:  # what the regulariser adds to the loss
         self.penalty = self.reg * (p.pow(2).sum(-1) + q.pow(2).sum(-1)).mean() + self.reg_bias * (bu.pow(2) + bi.pow(2)).mean()
     return sigmoid_range(self.mu + bu + bi + (p * q).sum(-1), *self.y_range)
-FLM.forward = _forward
 
 # %% ../nbs/04_factorization.ipynb #bf1959bf
 class FLMRegularizer(Callback):
@@ -121,6 +123,7 @@ class FLMRegularizer(Callback):
         if self.training and pen is not None: self.learn.loss_grad = self.learn.loss_grad + pen
 
 # %% ../nbs/04_factorization.ipynb #262f1c1e
+@patch
 def _check_codes(self:FLM, users, items, cold):
     for name, c, n, seen in (('user', users, self.n_users, self.seen_users), ('item', items, self.n_items, self.seen_items)):
         if c is None: continue
@@ -131,14 +134,14 @@ def _check_codes(self:FLM, users, items, cold):
             unseen = ~seen[c]
             if unseen.any(): raise ValueError(f"{int(unseen.sum()):,} {name} code(s) had no training ratings, e.g. {c[unseen][0].item()}; "
                                               f"pass cold=True to predict them from text alone")
-FLM._check_codes = _check_codes
 
 def _as_codes(x, device):
     if isinstance(x, torch.Tensor): return x.to(device=device, dtype=torch.long).reshape(-1)
     return torch.from_numpy(np.array(x, dtype=np.int64)).to(device).reshape(-1)   # a copy: pandas 3 arrays are read-only
 
+@patch
 @torch.no_grad()
-def _predict(self:FLM,
+def predict(self:FLM,
              users, items, # code arrays of equal length
              cold:bool=False, # allow codes without training ratings (text-only for them)
              bs:int=65536) -> np.ndarray:
@@ -151,9 +154,9 @@ def _predict(self:FLM,
     try: out = torch.cat([self(torch.stack([u[s:s+bs], i[s:s+bs]], 1), cold=cold).float() for s in range(0, len(u), bs)]) if len(u) else torch.zeros(0)
     finally: self.train(was)
     return out.cpu().numpy()
-FLM.predict = _predict
 
 # %% ../nbs/04_factorization.ipynb #7ba7d29b
+@patch
 @torch.no_grad()
 def _item_table(self:FLM, cold:bool=False):
     "Effective (q, b) of every item; with `cold`, unseen items are text-only."
@@ -163,8 +166,9 @@ def _item_table(self:FLM, cold:bool=False):
         return self.item_side(items, self.seen_items.float() if cold else None)
     finally: self.train(was)
 
+@patch
 @torch.no_grad()
-def _score_items(self:FLM, users, cold:bool=False, item_table=None) -> torch.Tensor:
+def score_items(self:FLM, users, cold:bool=False, item_table=None) -> torch.Tensor:
     "Predicted ratings of every item for each user code: (len(users), n_items)."
     u = _as_codes(users, self.mu.device)
     self._check_codes(u, None, cold)
@@ -173,21 +177,21 @@ def _score_items(self:FLM, users, cold:bool=False, item_table=None) -> torch.Ten
     try: p, bu = self.user_side(u, self.seen_users[u].float() if cold else None)
     finally: self.train(was)
     return sigmoid_range(self.mu + bu[:, None] + bi[None] + p @ q.T, *self.y_range)
-FLM._item_table, FLM.score_items = _item_table, _score_items
 
 # %% ../nbs/04_factorization.ipynb #7ffff593
-def _set_seen(self:FLM, train:Interactions):
+@patch
+def set_seen(self:FLM, train:Interactions):
     "Mark the users and items that have ratings in `train`."
     if (train.n_users, train.n_items) != (self.n_users, self.n_items):
         raise ValueError(f"set_seen: the data has {train.n_users:,} users/{train.n_items:,} items, the model {self.n_users:,}/{self.n_items:,}")
     for buf, col in ((self.seen_users, 'user'), (self.seen_items, 'item')):
         buf.zero_(); buf[torch.as_tensor(train.ratings[col].unique(), device=buf.device)] = True
     return self
-FLM.set_seen = _set_seen
 
 # %% ../nbs/04_factorization.ipynb #8dc9e4be
+@patch
 @torch.no_grad()
-def _fold_in(self:FLM,
+def fold_in(self:FLM,
              items, # item codes the new user rated
              ratings, # their ratings
              user_text:torch.Tensor|None=None, # the user's text vector (d,), if the model has user text
@@ -218,11 +222,10 @@ def _fold_in(self:FLM,
     lam = torch.tensor([prior] * self.n_factors + [prior_bias], dtype=torch.double, device=dev)
     x = torch.linalg.solve(A.T @ A + torch.diag(lam), A.T @ z)
     return (p0 + x[:-1]).float(), (b0 + x[-1]).float()
-FLM.fold_in = _fold_in
 
+@patch
 @torch.no_grad()
-def _score_user(self:FLM, p:torch.Tensor, b:torch.Tensor, cold:bool=False) -> torch.Tensor:
+def score_user(self:FLM, p:torch.Tensor, b:torch.Tensor, cold:bool=False) -> torch.Tensor:
     "Predicted ratings of every item for a user given as (p_u, b_u), e.g. from `fold_in`."
     q, bi = self._item_table(cold)
     return sigmoid_range(self.mu + b + bi + q @ p, *self.y_range)
-FLM.score_user = _score_user

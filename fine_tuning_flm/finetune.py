@@ -23,6 +23,7 @@ from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastai.layers import sigmoid_range
 from safetensors.torch import save as st_save, load as st_load
+from fastcore.basics import patch
 
 from .core import *
 from .data import *
@@ -79,13 +80,15 @@ class TrainableEncoder(nn.Module):
         return self.enc.model.get_base_model() if self.mode == 'lora' else self.enc.model
 
 # %% ../nbs/03_finetune.ipynb #54569539
-def _encode_tokens(self:TrainableEncoder, input_ids, attention_mask):
+@patch
+def encode_tokens(self:TrainableEncoder, input_ids, attention_mask):
     "Pooled (normalised) vectors, with gradients for the trainable weights."
     out = self.enc.model(input_ids=input_ids, attention_mask=attention_mask)
     return self.enc.pool(out.last_hidden_state, attention_mask)
 
+@patch
 @torch.no_grad()
-def _lower(self:TrainableEncoder, input_ids, attention_mask):
+def lower(self:TrainableEncoder, input_ids, attention_mask):
     "top_k: the hidden states entering the first trainable layer (frozen part, no gradients)."
     m, L = self.base, len(_bert_layers(self.base))
     was = m.training; m.eval()            # the frozen half is deterministic: no dropout
@@ -93,7 +96,8 @@ def _lower(self:TrainableEncoder, input_ids, attention_mask):
     finally: m.train(was)
     return out.hidden_states[L - self.k]
 
-def _upper(self:TrainableEncoder, hidden, attention_mask):
+@patch
+def upper(self:TrainableEncoder, hidden, attention_mask):
     "top_k: run the top k layers on cached `hidden` states and pool."
     m = self.base; layers = _bert_layers(m)
     mask = _bidirectional_mask(m, hidden, attention_mask)
@@ -101,7 +105,6 @@ def _upper(self:TrainableEncoder, hidden, attention_mask):
         out = layer(hidden, mask)
         hidden = out[0] if isinstance(out, tuple) else out
     return self.enc.pool(hidden, attention_mask)
-TrainableEncoder.encode_tokens, TrainableEncoder.lower, TrainableEncoder.upper = _encode_tokens, _lower, _upper
 
 # %% ../nbs/03_finetune.ipynb #bbd33859
 def trainable(
@@ -174,18 +177,21 @@ class TrainableText(nn.Module):
         return self._encode(codes.tolist()).float()
 
 # %% ../nbs/03_finetune.ipynb #9e6ce50e
-def _trained_state(self:TrainableEncoder) -> dict:
+@patch
+def trained_state(self:TrainableEncoder) -> dict:
     if self.mode == 'lora':
         from peft import get_peft_model_state_dict
         return {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(self.enc.model).items()}
     keep = {n for n, p in self.enc.model.named_parameters() if p.requires_grad}
     return {k: v.detach().contiguous() for k, v in self.enc.model.state_dict().items() if k in keep}
 
-def _config(self:TrainableEncoder) -> dict:
+@patch
+def config(self:TrainableEncoder) -> dict:
     return dict(mode=self.mode, k=self.k, r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=list(self.target_modules),
                 model=self.enc.name, pooling=self.enc.pooling, max_length=self.enc.max_length, normalize=self.enc.normalize)
 
-def _save(self:TrainableEncoder, path:str|Path) -> Path:
+@patch
+def save(self:TrainableEncoder, path:str|Path) -> Path:
     "Save the trained weights (and how to rebuild the encoder) to a safetensors file."
     sd = {k: v.cpu() for k, v in self.trained_state().items()}
     with atomic_write(path) as f: f.write(st_save(sd, metadata={'flm_trainable': json.dumps(self.config())}))
@@ -206,8 +212,8 @@ def _read_saved(path, key, writer):
     if key not in meta: raise ValueError(f"{Path(path).name} was not written by {writer}")
     return sd, json.loads(meta[key])
 
-@classmethod
-def _load(cls, path:str|Path, encoder:TextEncoder|None=None) -> TrainableEncoder:
+@patch(cls_method=True)
+def load(cls:TrainableEncoder, path:str|Path, encoder:TextEncoder|None=None) -> TrainableEncoder:
     "Rebuild a `TrainableEncoder` saved with `save`, on `encoder` (default: the one named in the file)."
     sd, cfg = _read_saved(path, 'flm_trainable', 'TrainableEncoder.save')
     if encoder is None: encoder = TextEncoder(cfg['model'], pooling=cfg['pooling'], max_length=cfg['max_length'], normalize=cfg['normalize'])
@@ -220,17 +226,16 @@ def _load(cls, path:str|Path, encoder:TextEncoder|None=None) -> TrainableEncoder
         missing, unexpected = te.enc.model.load_state_dict(sd, strict=False)
         if unexpected: raise ValueError(f"{Path(path).name}: weights do not fit this model: {unexpected[:3]}")
     return te
-TrainableEncoder.trained_state, TrainableEncoder.config, TrainableEncoder.save, TrainableEncoder.load = _trained_state, _config, _save, _load
 
 # %% ../nbs/03_finetune.ipynb #76fed8b9
-def _to_encoder(self:TrainableEncoder) -> TextEncoder:
+@patch
+def to_encoder(self:TrainableEncoder) -> TextEncoder:
     "A frozen `TextEncoder` carrying the fine-tuned weights."
     out = copy.deepcopy(self.enc)
     if self.mode == 'lora': out.model = out.model.merge_and_unload()
     for p in out.model.parameters(): p.requires_grad_(False)
     out.model.eval()
     return out
-TrainableEncoder.to_encoder = _to_encoder
 
 # %% ../nbs/03_finetune.ipynb #868e109b
 _HEADS = ('rating', 'like', 'bpr')
@@ -378,8 +383,9 @@ class PromptRanker(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1)
 
 # %% ../nbs/03_finetune.ipynb #2456b853
+@patch
 @torch.no_grad()
-def _score(self:PromptRanker, user_texts:list, item_texts:list, bs:int=64) -> np.ndarray:
+def score(self:PromptRanker, user_texts:list, item_texts:list, bs:int=64) -> np.ndarray:
     "Logits for (user text, item text) pairs: higher means more likely to be liked."
     if len(user_texts) != len(item_texts): raise ValueError(f"PromptRanker.score: {len(user_texts)} user texts but {len(item_texts)} item texts")
     was = self.training; self.eval()
@@ -395,12 +401,12 @@ def _score(self:PromptRanker, user_texts:list, item_texts:list, bs:int=64) -> np
     finally: self.train(was)
     return out
 
-def _rerank(self:PromptRanker, user_text:str, candidates, item_texts:list) -> np.ndarray:
+@patch
+def rerank(self:PromptRanker, user_text:str, candidates, item_texts:list) -> np.ndarray:
     "Candidate item codes sorted by the ranker's score, best first."
     candidates = np.asarray(candidates)
     s = self.score([user_text]*len(candidates), [item_texts[i] for i in candidates])
     return candidates[np.argsort(-s, kind='stable')]
-PromptRanker.score, PromptRanker.rerank = _score, _rerank
 
 # %% ../nbs/03_finetune.ipynb #d211b9a2
 def prompt_pairs(
@@ -457,7 +463,8 @@ def prompt_ranker_learner(train:Interactions, valid:Interactions, ranker:PromptR
     return learn
 
 # %% ../nbs/03_finetune.ipynb #f0d34c93
-def _pr_save(self:PromptRanker, path:str|Path) -> Path:
+@patch
+def save(self:PromptRanker, path:str|Path) -> Path:
     "Save the adapters and the classifier (safetensors), with the settings to rebuild the ranker."
     from peft import get_peft_model_state_dict
     sd = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
@@ -465,8 +472,8 @@ def _pr_save(self:PromptRanker, path:str|Path) -> Path:
     with atomic_write(path) as f: f.write(st_save(sd, metadata={'flm_prompt_ranker': json.dumps(cfg)}))
     return Path(path)
 
-@classmethod
-def _pr_load(cls, path:str|Path, model:str|None=None) -> PromptRanker:
+@patch(cls_method=True)
+def load(cls:PromptRanker, path:str|Path, model:str|None=None) -> PromptRanker:
     "Load a ranker saved with `save` (on `model`, default: the base model named in the file)."
     from peft import set_peft_model_state_dict
     sd, cfg = _read_saved(path, 'flm_prompt_ranker', 'PromptRanker.save')
@@ -474,4 +481,3 @@ def _pr_load(cls, path:str|Path, model:str|None=None) -> PromptRanker:
     res = set_peft_model_state_dict(pr.model, sd)
     if getattr(res, 'unexpected_keys', None): raise ValueError(f"{Path(path).name}: adapter weights do not fit: {res.unexpected_keys[:3]}")
     return pr.eval()
-PromptRanker.save, PromptRanker.load = _pr_save, _pr_load
