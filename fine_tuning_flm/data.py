@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['MOVIELENS', 'ITEM_TEMPLATE', 'OFFICIAL_FOLDS', 'download_file', 'extract_dataset', 'movielens_path', 'Interactions',
-           'clean_title', 'default_template', 'item_texts', 'load_movielens', 'split_report', 'favourite_items',
-           'user_texts', 'prompt']
+           'clean_title', 'default_template', 'item_texts', 'load_movielens', 'split_report', 'UserItems',
+           'favourite_items', 'user_texts', 'prompt']
 
 # %% ../nbs/01_data.ipynb #cf51ecdb
 import hashlib, re, shutil, urllib.request, warnings, zipfile, zlib
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from fastprogress.fastprogress import progress_bar
+from fastcore.basics import patch
 
 from .core import *
 
@@ -182,29 +184,47 @@ def _codes(vocab, ids, kind, name):
         raise KeyError(f"{name}: {(codes < 0).sum():,} {kind} id(s) not in the vocabulary, e.g. {_show(bad[0])}")
     return int(codes[0]) if scalar else codes
 
-def _user_code(self:Interactions, ids):
+@patch
+def user_code(self:Interactions, ids):
     "Code(s) of raw user id(s)."
     return _codes(self.users.id, ids, 'user', self.name)
-def _item_code(self:Interactions, ids):
+@patch
+def item_code(self:Interactions, ids):
     "Code(s) of raw item id(s)."
     return _codes(self.items.id, ids, 'item', self.name)
-Interactions.user_code, Interactions.item_code = _user_code, _item_code
 
 # %% ../nbs/01_data.ipynb #7c6da8fe
+def _id_key(v): return (isinstance(v, str), v)     # numbers first, then strings: a catalogue may hold both
+
+def _sorted_ids(ids) -> np.ndarray:
+    "`ids` sorted; ids of mixed types (ints and strings) sort numbers first."
+    try: return np.sort(ids)
+    except TypeError: return np.array(sorted(ids, key=_id_key), dtype=object)
+
+def _id_types(ids) -> str:
+    kinds = {'str' if isinstance(v, str) else type(v.item() if isinstance(v, np.generic) else v).__name__ for v in ids}
+    return '/'.join(sorted(kinds))
+
 def _vocab(table, col, seen, kind, source):
     "The id column of an optional side table, checked against the ids in the ratings."
-    if table is None: return pd.DataFrame({'id': np.sort(seen)})
+    if table is None: return pd.DataFrame({'id': _sorted_ids(seen)})
     if col not in table.columns: raise ValueError(f"{source}: the {kind} table has no column {col!r}; its columns are {list(table.columns)}")
     if table[col].isna().any(): raise ValueError(f"{source}: the {kind} table has {table[col].isna().sum():,} missing ids in {col!r}")
     dup = table[col].duplicated()
     if dup.any(): raise ValueError(f"{source}: the {kind} table repeats {dup.sum():,} ids, e.g. {_show(table[col][dup].iloc[0])}")
     unknown = ~pd.Index(seen).isin(table[col])
-    if unknown.any(): raise ValueError(f"{source}: {unknown.sum():,} {kind} ids in the ratings are not in the {kind} table, e.g. {_show(seen[unknown][0])}")
-    t = table.rename(columns={col: 'id'}).sort_values('id', kind='stable').reset_index(drop=True)
+    if unknown.any():
+        a, b = _id_types(seen), _id_types(table[col])
+        hint = f" (the ratings hold {a} ids, the {kind} table {b} ids)" if a != b else ''
+        raise ValueError(f"{source}: {unknown.sum():,} {kind} ids in the ratings are not in the {kind} table, e.g. {_show(seen[unknown][0])}{hint}")
+    t = table.rename(columns={col: 'id'})
+    try: t = t.sort_values('id', kind='stable')
+    except TypeError: t = t.iloc[sorted(range(len(t)), key=lambda j: _id_key(t.id.iloc[j]))]
+    t = t.reset_index(drop=True)
     return t[['id'] + [c for c in t.columns if c != 'id']]
 
-@classmethod
-def _from_df(cls, ratings:pd.DataFrame, items:pd.DataFrame|None=None, users:pd.DataFrame|None=None,
+@patch(cls_method=True)
+def from_df(cls:Interactions, ratings:pd.DataFrame, items:pd.DataFrame|None=None, users:pd.DataFrame|None=None,
              user_col:str='user_id', # column of raw user ids (also the user table's key)
              item_col:str='item_id', # column of raw item ids (also the item table's key)
              rating_col:str='rating',
@@ -227,26 +247,47 @@ def _from_df(cls, ratings:pd.DataFrame, items:pd.DataFrame|None=None, users:pd.D
                       'rating': df[rating_col].to_numpy('float32'),
                       'timestamp': df[time_col].to_numpy('int64') if time_col else np.arange(len(df), dtype='int64')})
     return cls(r, items_t, users_t, scale, name, path)
-Interactions.from_df = _from_df
 
 # %% ../nbs/01_data.ipynb #539c7d37
-def _read_table(fn, what, **kw):
+# pandas' default missing-value markers: always missing in other columns; in id columns only with `na_ids=True`
+_NA_MARKERS = ('', '#N/A', '#N/A N/A', '#NA', '-1.#IND', '-1.#QNAN', '-NaN', '-nan', '1.#IND', '1.#QNAN', '<NA>', 'N/A', 'NA',
+               'NULL', 'NaN', 'None', 'n/a', 'nan', 'null')
+_CANONICAL_INT = r'0|-?[1-9][0-9]{0,17}'    # '7', '-3'; not '007', '+7', '7.0', ' 7', '-0'; at most 18 digits (fits int64)
+
+def _read_table(fn, what, id_cols=(), na_ids=False, **kw):
+    "Read a CSV; `id_cols` as strings, missing only when empty (with `na_ids`, also 'NA', 'null', ...)."
     fn = Path(fn)
     if not fn.exists(): raise FileNotFoundError(f"{what} file {str(fn)!r} does not exist")
-    try: return pd.read_csv(fn, **kw)
+    try:
+        cols = pd.read_csv(fn, nrows=0, **kw).columns
+        ids = [c for c in id_cols if c in cols]
+        na = {c: list(_NA_MARKERS) if na_ids or c not in ids else [''] for c in cols}
+        return pd.read_csv(fn, dtype={c: str for c in ids}, keep_default_na=False, na_values=na, **kw)
     except pd.errors.EmptyDataError: raise ValueError(f"{fn.name}: the file is empty") from None
 
-@classmethod
-def _from_csv(cls, ratings:str|Path, items:str|Path|None=None, users:str|Path|None=None,
-              sep:str=',', encoding:str='utf-8', **kwargs) -> Interactions:
+def _type_ids(tables, col):
+    "Make `col` int64 in every table holding it if all its ids there are canonical integers; else they stay strings."
+    cols = [t[col] for t in tables if t is not None and col in t.columns]
+    if not cols or any(c.isna().any() for c in cols): return     # missing ids: from_df's checks name them
+    if all(c.str.fullmatch(_CANONICAL_INT).all() for c in cols):
+        for t in tables:
+            if t is not None and col in t.columns: t[col] = t[col].astype('int64')
+
+@patch(cls_method=True)
+def from_csv(cls:Interactions, ratings:str|Path, items:str|Path|None=None, users:str|Path|None=None,
+              user_col:str='user_id', # column of raw user ids (also the user table's key)
+              item_col:str='item_id', # column of raw item ids (also the item table's key)
+              sep:str=',', encoding:str='utf-8',
+              na_ids:bool=False, # treat 'NA', 'null', 'NaN', ... in id columns as missing (then refused); default: they are ids
+              **kwargs) -> Interactions:
     "Read `ratings` (and optional `items`/`users`) CSV files into an `Interactions`; `kwargs` go to `from_df`."
     kw = dict(sep=sep, encoding=encoding)
-    r = _read_table(ratings, 'ratings', **kw)
-    it = None if items is None else _read_table(items, 'items', **kw)
-    us = None if users is None else _read_table(users, 'users', **kw)
+    r = _read_table(ratings, 'ratings', (user_col, item_col), na_ids, **kw)
+    it = None if items is None else _read_table(items, 'items', (item_col,), na_ids, **kw)
+    us = None if users is None else _read_table(users, 'users', (user_col,), na_ids, **kw)
+    _type_ids([r, us], user_col); _type_ids([r, it], item_col)
     kwargs.setdefault('name', Path(ratings).name)
-    return cls.from_df(r, it, us, **kwargs)
-Interactions.from_csv = _from_csv
+    return cls.from_df(r, it, us, user_col=user_col, item_col=item_col, **kwargs)
 
 # %% ../nbs/01_data.ipynb #5ca68812
 _ARTICLES = r"The|A|An|Les|La|Le|L'|Il|Lo|Los|Las|El|Das|Der|Die|Den|Det|De|Het|I|Gli|Une|Un"
@@ -424,15 +465,36 @@ _SPLITS = {'random': _split_random, 'official': _split_official, 'temporal': _sp
            'cold_items': lambda d, pct=0.2, seed=0: _split_cold(d, 'item', pct, seed),
            'cold_users': lambda d, pct=0.2, seed=0: _split_cold(d, 'user', pct, seed)}
 
-def _split(self:Interactions,
-           kind:str='random', # 'random', 'official', 'temporal', 'stratified', 'cold_items' or 'cold_users'
-           **kwargs): # valid_pct/seed (random), fold (official), n (temporal), valid_pct/by/seed (stratified), pct/seed (cold_*)
+@patch
+def split(self:Interactions,
+           kind:str='random', # 'random', 'official', 'temporal', 'stratified', 'recommenders', 'cold_items' or 'cold_users'
+           **kwargs): # valid_pct/seed (random), fold (official), n (temporal), valid_pct/by/seed (stratified), ratio/by/seed (recommenders), pct/seed (cold_*)
     "Split the ratings into `(train, test)` sharing this vocabulary."
     if kind not in _SPLITS: raise ValueError(f"unknown split {kind!r}; choose one of {list(_SPLITS)}")
     test = _SPLITS[kind](self, **kwargs)
     r = self.ratings
     return self._like(r[~test], f'{self.name} train'), self._like(r[test], f'{self.name} test')
-Interactions.split = _split
+
+# %% ../nbs/01_data.ipynb #c09a0ee7
+def _split_recommenders(d, ratio=0.75, by='item', seed=42):
+    "Microsoft Recommenders' `python_stratified_split`: per group, shuffle as `df.sample(frac=1, random_state=seed)` and keep `round(ratio*n)` in train."
+    if by not in ('user', 'item'): raise ValueError(f"recommenders split: by must be 'user' or 'item', got {by!r}")
+    if not 0 < ratio < 1: raise ValueError(f"recommenders split: ratio must be in (0, 1), got {ratio!r}")
+    g = d.ratings[by].to_numpy()
+    order = np.argsort(g, kind='stable')                         # rows grouped, each group in file order
+    starts = np.r_[0, np.flatnonzero(np.diff(g[order])) + 1]
+    sizes = np.diff(np.r_[starts, len(g)])
+    pos = np.arange(len(g)) - np.repeat(starts, sizes)           # position of each (ordered) row inside its group
+    shuffled_at = np.empty(len(g), np.int64)                      # where `sample` puts that row
+    for n in np.unique(sizes):
+        inv = np.argsort(np.random.RandomState(seed).permutation(n))
+        rows = np.repeat(sizes == n, sizes)
+        shuffled_at[rows] = inv[pos[rows]]
+    keep = np.array([round(ratio * n) for n in sizes])           # Python's round: halves to even, as theirs
+    test = np.empty(len(g), bool)
+    test[order] = shuffled_at >= np.repeat(keep, sizes)
+    return test
+_SPLITS['recommenders'] = _split_recommenders
 
 # %% ../nbs/01_data.ipynb #b23e2d6f
 def split_report(splits:dict) -> pd.DataFrame:
@@ -447,7 +509,8 @@ def split_report(splits:dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index('split')
 
 # %% ../nbs/01_data.ipynb #a209c996
-def _sample(self:Interactions,
+@patch
+def sample(self:Interactions,
             frac:float=0.1, # fraction of users to keep
             seed:int=0):
     "Keep a random `frac` of the users (all their ratings), with the same vocabulary."
@@ -456,7 +519,52 @@ def _sample(self:Interactions,
     users = np.unique(self.ratings.user.to_numpy())
     keep = rng.choice(users, max(1, round(frac*len(users))), replace=False)
     return self._like(self.ratings[np.isin(self.ratings.user.to_numpy(), keep)], f'{self.name} ({frac:.0%} of users)')
-Interactions.sample = _sample
+
+# %% ../nbs/01_data.ipynb #266d5f8a
+class UserItems:
+    "Each user's items (and ratings) in compressed sparse rows: the per-user index behind seen-item masks, history pooling and per-user metrics."
+    def __init__(self,
+        ratings:pd.DataFrame, # columns user, item (codes) and rating
+        n_users:int, # size of the user vocabulary
+    ):
+        r = ratings.sort_values(['user', 'item'], kind='stable')
+        self.items, self.values = r.item.to_numpy(np.int64), r.rating.to_numpy(np.float64)
+        self.ptr = np.searchsorted(r.user.to_numpy(), np.arange(n_users + 1))
+
+    def lens(self, users) -> np.ndarray:
+        "Number of items of each user code in `users`."
+        users = np.asarray(users, np.int64)
+        return self.ptr[users + 1] - self.ptr[users]
+
+    def __getitem__(self, u:int) -> np.ndarray:
+        "Item codes of user code `u`, sorted."
+        return self.items[self.ptr[u]:self.ptr[u + 1]]
+
+    def _flat(self, users):
+        lens = self.lens(users)
+        row = np.repeat(np.arange(len(users)), lens)
+        pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        return row, pos, self.ptr[users][row] + pos
+
+    def dense(self, users, n_items:int) -> torch.Tensor:
+        "(len(users), n_items) bool: True where the user rated the item."
+        row, _, j = self._flat(users)
+        m = torch.zeros(len(users), n_items, dtype=torch.bool)
+        m[torch.from_numpy(row), torch.from_numpy(self.items[j])] = True
+        return m
+
+    def padded(self, users) -> tuple:
+        "Item codes (-1 pads) and ratings as (len(users), longest list) arrays, and the list lengths."
+        lens = self.lens(users); row, pos, j = self._flat(users)
+        idx = np.full((len(users), max(int(lens.max(initial=0)), 1)), -1, np.int64); val = np.zeros(idx.shape)
+        idx[row, pos], val[row, pos] = self.items[j], self.values[j]
+        return idx, val, lens
+
+@patch
+def user_items(self:Interactions) -> UserItems:
+    "The per-user index of these ratings (built once, then kept)."
+    if getattr(self, '_user_items', None) is None: self._user_items = UserItems(self.ratings, self.n_users)
+    return self._user_items
 
 # %% ../nbs/01_data.ipynb #a09b8154
 def favourite_items(

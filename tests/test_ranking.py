@@ -1,0 +1,101 @@
+"Ranking objectives: negative sampling, the losses and their logQ correction by hand, config round trips, fold-in for rankers."
+import math
+import numpy as np, pandas as pd, pytest, torch
+
+from fine_tuning_flm.data import Interactions
+from fine_tuning_flm.factorization import FLM, FLMLoss, bpr_loss, bce_loss, softmax_loss, parse_objective
+from fine_tuning_flm.learner import InteractionsDL, log_q, pair_keys, sample_negatives, popularity_weights
+
+def _toy(n_users=30, n_items=40, per_user=8, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [(u, i, float(rng.integers(1, 6))) for u in range(n_users) for i in rng.choice(n_items, per_user, replace=False)]
+    df = pd.DataFrame(rows, columns=['user_id', 'item_id', 'rating'])
+    return Interactions.from_df(df, items=pd.DataFrame({'item_id': range(n_items), 'title': [f'item {i}' for i in range(n_items)]}))
+
+@pytest.mark.parametrize('weights', [None, 'pop'])
+def test_sampled_negatives_avoid_positives(weights):
+    "Dense positives (half the catalogue per user): a single draw hits a positive half the time; after redraws almost never."
+    d = _toy(n_users=50, n_items=20, per_user=10)
+    r = d.ratings
+    keys = torch.unique(pair_keys(torch.tensor(r.user.to_numpy()), torch.tensor(r.item.to_numpy()), d.n_items))
+    w = popularity_weights(d, 0.5) if weights else None
+    g = torch.Generator().manual_seed(0)
+    users = torch.tensor(r.user.to_numpy()).repeat(20)
+    neg = sample_negatives(users, d.n_items, 16, w, keys, tries=10, generator=g)
+    k = pair_keys(users[:, None], neg, d.n_items)
+    hit = (keys[torch.searchsorted(keys, k).clamp(max=len(keys) - 1)] == k).float().mean().item()
+    assert neg.shape == (len(users), 16) and neg.min() >= 0 and neg.max() < d.n_items
+    assert hit <= 0.5 ** 10 * 3, hit                       # the stated rate: each of 10 redraws halves the hits
+    none = sample_negatives(users, d.n_items, 16, w, None, generator=torch.Generator().manual_seed(0))
+    k0 = pair_keys(users[:, None], none, d.n_items)
+    assert (keys[torch.searchsorted(keys, k0).clamp(max=len(keys) - 1)] == k0).float().mean() > 0.3   # without rejection they are common
+
+def test_loader_adds_negative_columns_and_is_seeded():
+    d = _toy()
+    a = InteractionsDL.from_interactions(d, neg=5, bs=64, shuffle=True, seed=3)
+    b = InteractionsDL.from_interactions(d, neg=5, bs=64, shuffle=True, seed=3)
+    xa, xb = torch.cat([x for x, _ in a]), torch.cat([x for x, _ in b])
+    assert xa.shape == (len(d), 7) and torch.equal(xa, xb)
+    with pytest.raises(ValueError, match='neg must be'): InteractionsDL(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2), neg=-1, n_items=3)
+
+def test_losses_by_hand():
+    lg = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
+    s = lambda x: 1 / (1 + math.exp(-x))
+    assert bpr_loss(lg).item() == pytest.approx(((-math.log(s(1)) - math.log(s(2))) / 2 + (-math.log(s(0)) - math.log(s(-1.5))) / 2) / 2, rel=1e-6)
+    assert bce_loss(lg).item() == pytest.approx(((-math.log(s(1)) + (-math.log(1 - s(0)) - math.log(1 - s(-1))) / 2)
+                                                 + (-math.log(s(.5)) + (-math.log(1 - s(.5)) - math.log(1 - s(2))) / 2)) / 2, rel=1e-6)
+    sm = lambda r: math.log(sum(math.exp(v) for v in r)) - r[0]
+    assert softmax_loss(lg).item() == pytest.approx((sm([1, 0, -1]) + sm([.5, .5, 2])) / 2, rel=1e-6)
+
+def test_in_batch_softmax_with_logq_by_hand():
+    "Two users, two positives; in-batch negatives; log Q subtracted from every column (the positive's too)."
+    m = FLM(2, 3, 2, objective='softmax', negatives='in-batch', reg=0, reg_bias=0)
+    with torch.no_grad():
+        m.u_weight.weight.copy_(torch.tensor([[1., 0.], [0., 1.]]))
+        m.i_weight.weight.copy_(torch.tensor([[2., 0.], [0., 1.], [1., 1.]]))
+        m.i_rbias.weight.copy_(torch.tensor([[0.], [0.5], [0.]]))
+    x = torch.tensor([[0, 0], [1, 1]])
+    m.train(); out = m(x)
+    lq = torch.log(torch.tensor([0.5, 0.25, 0.25]))
+    loss = FLMLoss(m, lq)(out, torch.zeros(2)).item()
+    # scores s(u, i) = p_u . q_i + c_i: user 0 -> item 0: 2, item 1: 0.5; user 1 -> item 0: 0, item 1: 1.5
+    row0 = [2 - math.log(.5), 0.5 - math.log(.25)]     # the positive, then the other in-batch item (item 0 itself is dropped)
+    row1 = [1.5 - math.log(.25), 0 - math.log(.5)]
+    want = sum(math.log(sum(math.exp(v) for v in r)) - r[0] for r in (row0, row1)) / 2
+    assert loss == pytest.approx(want, rel=1e-5)
+
+def test_log_q_follows_the_negatives():
+    d = _toy()
+    assert log_q(FLM(d.n_users, d.n_items, 4, objective='softmax'), d) is None                  # full catalogue: no correction
+    ib = log_q(FLM(d.n_users, d.n_items, 4, objective='softmax', negatives='in-batch'), d)
+    counts = np.bincount(d.ratings.item, minlength=d.n_items)
+    assert np.allclose(ib.exp().numpy(), np.maximum(counts / counts.sum(), 1e-12), atol=1e-7)
+
+@pytest.mark.parametrize('objective', ['mse', 'softmax', 'mse+bpr', 'bce'])
+def test_config_round_trip(objective):
+    d = _toy()
+    m = FLM(d.n_users, d.n_items, 6, item_text=torch.randn(d.n_items, 5), objective=objective, history=True).set_seen(d)
+    m2 = FLM.from_config(m.config()); m2.load_state_dict(m.state_dict())
+    assert m2.config() == m.config()
+    assert torch.allclose(m.score_items([0, 1]), m2.score_items([0, 1]))
+
+def test_parse_objective():
+    assert parse_objective('mse+softmax') == ('mse', 'softmax') and parse_objective('bpr') == (None, 'bpr')
+    for bad in ('rank', 'mse+mse', 'bpr+softmax', '', None): 
+        with pytest.raises(ValueError, match='objective'): parse_objective(bad)
+
+def test_rank_fold_in_finds_the_liked_cluster():
+    "Items in three clusters; a new user who liked three items of cluster 0 gets the rest of cluster 0 first."
+    d = _toy(n_users=40, n_items=30)
+    torch.manual_seed(0)
+    m = FLM(d.n_users, d.n_items, 3, objective='softmax', history=True).set_seen(d)
+    cluster = torch.arange(30) % 3
+    with torch.no_grad(): m.i_weight.weight.copy_(torch.eye(3)[cluster] * 2 + 0.1 * torch.randn(30, 3))
+    likes = torch.tensor([0, 3, 6])
+    p, b = m.fold_in(likes)
+    s = m.score_user(p, b).clone(); s[likes] = -torch.inf
+    assert (cluster[s.topk(7).indices] == 0).all(), s
+    before = m.score_user(*m.user_prior(torch.tensor([], dtype=torch.long)))
+    assert before.std() < 0.1 * s[torch.isfinite(s)].std()          # before any item: (almost) no preference
+    with pytest.raises(ValueError, match='NaN'): m.fold_in(likes, [4, float('nan'), 5])
+    with pytest.raises(ValueError, match='rank only'): m.predict([0], [1])

@@ -1,0 +1,36 @@
+"Every number in the README's results tables is the one `benchmarks/ranking.py` wrote to `benchmarks/results/ranking.json`."
+import json, re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+def _tables():
+    text = (ROOT/'README.md').read_text(encoding='utf-8').split('## Results', 1)[1].split('\n## ', 1)[0]
+    tables, cur = [], None
+    for line in text.splitlines():
+        if line.startswith('|'):
+            cells = [c.strip() for c in line.strip('|').split('|')]
+            if cur is None: cur = dict(header=cells, rows=[])
+            elif not set(''.join(cells)) <= set('-'): cur['rows'].append(cells)
+        elif cur is not None: tables.append(cur); cur = None
+    if cur is not None: tables.append(cur)
+    return tables, text
+
+def test_readme_results_match_the_benchmark_file():
+    r = json.loads((ROOT/'benchmarks'/'results'/'ranking.json').read_text())
+    (warm, cold), text = _tables()
+    sys_ = {s['system']: s for s in r['ranking']['ml-100k']['systems'] if 'metrics' in s}
+    assert [row[0] for row in warm['rows']] == sorted(sys_, key=lambda k: -sys_[k]['metrics']['NDCG@10'])
+    for row in warm['rows']:
+        m = sys_[row[0]]['metrics']
+        for col, v in zip(warm['header'][1:5], row[1:5]): assert float(v) == round(m[col], 4), (row[0], col, v, m[col])
+        assert float(row[5]) == round(sys_[row[0]]['fit_seconds'], 1)
+    cs = {d: {s['system']: s['metrics'] for s in r['cold_items'][d]['systems'] if 'metrics' in s} for d in r['cold_items']}
+    for row in cold['rows']:
+        got = [float(v) for v in row[1:]]
+        want = [round(cs[d][row[0]][k], 4) for d in ('ml-100k', 'ml-latest-small') for k in ('AUC', 'NDCG@10')]
+        assert got == want, (row[0], got, want)
+    u1 = r['u1']['rows']
+    assert f"RMSE is {u1[1]['rmse']:.4f} against {u1[0]['rmse']:.4f}" in text
+    assert f"NDCG@10 is {u1[1]['ndcg10']:.4f} against {u1[0]['ndcg10']:.4f}" in text
+    assert f"takes about {sys_['FLM-rank']['fit_vs_cornac_bpr']:.0f} times cornac BPR" in text
