@@ -7,7 +7,7 @@ __all__ = ['TrainableEncoder', 'trainable', 'TrainableText', 'TwoTower', 'bpr_lo
            'finetune_learner', 'finetune_encoder', 'PromptRanker', 'prompt_pairs', 'prompt_ranker_learner']
 
 # %% ../nbs/03_finetune.ipynb #a2d27cc6
-import copy, json, math, time, warnings
+import copy, json, math, warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,6 @@ class TrainableEncoder(nn.Module):
 
     @property
     def dim(self): return self.enc.dim
-    def lm_parameters(self): return [p for p in self.enc.model.parameters() if p.requires_grad or getattr(p, '_flm_lm', False)]
     @property
     def base(self):
         "The underlying transformers model (inside peft's wrapper for LoRA)."
@@ -313,6 +312,7 @@ def finetune_learner(
     accumulate:int|None=None, # gradient accumulation: samples per optimizer step (a multiple of bs)
     device=None,
     cbs:list|None=None,
+    learner_kwargs:dict|None=None, # passed to fastai's `Learner` (e.g. `wd`, `opt_func`)
     **kwargs, # to `trainable` (k, r, alpha, dropout, target_modules)
 ) -> Learner:
     "A fastai `Learner` that fine-tunes a trainable copy of `encoder` as a two-tower model on `train`."
@@ -327,7 +327,7 @@ def finetune_learner(
     if accumulate: cbs.append(GradientAccumulation(accumulate))
     loss = {'rating': F.mse_loss, 'like': _like_target(like_threshold), 'bpr': bpr_loss}[head]
     dls = DataLoaders(_tensor_dl(train, bs, True), _tensor_dl(valid, bs, False), device=device)
-    learn = Learner(dls, model.to(device), loss_func=loss, splitter=lm_splitter, cbs=cbs, **kwargs.get('learner_kwargs', {}))
+    learn = Learner(dls, model.to(device), loss_func=loss, splitter=lm_splitter, cbs=cbs, **(learner_kwargs or {}))
     if device.type == 'cuda': learn = learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
     return learn
 
