@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['MOVIELENS', 'ITEM_TEMPLATE', 'OFFICIAL_FOLDS', 'download_file', 'extract_dataset', 'movielens_path', 'Interactions',
-           'clean_title', 'default_template', 'item_texts', 'load_movielens', 'split_report', 'UserItems',
-           'favourite_items', 'user_texts', 'prompt']
+           'clean_title', 'default_template', 'item_texts', 'load_movielens', 'synthetic_ratings', 'split_report',
+           'UserItems', 'favourite_items', 'user_texts', 'prompt']
 
 # %% ../nbs/01_data.ipynb #cf51ecdb
 import hashlib, re, shutil, urllib.request, warnings, zipfile, zlib
@@ -28,6 +28,9 @@ MOVIELENS = {
                     files=('ratings.csv', 'movies.csv', 'tags.csv')),
     # digest not pinned (we cannot fetch it from CI); size is checked as a lower bound, plus the file layout
     'ml-1m': dict(url=_GL+'ml-1m.zip', md5=None, min_size=5_000_000, files=('ratings.dat', 'movies.dat', 'users.dat')),
+    # GroupLens's published ml-25m.zip.md5 and the zip's Content-Length, as quoted by independent sources (not downloaded here)
+    'ml-25m': dict(url=_GL+'ml-25m.zip', md5='6b51fb2759a8657d3bfcbfc42b592ada', size=261_978_986,
+                   files=('ratings.csv', 'movies.csv', 'tags.csv', 'links.csv', 'genome-scores.csv', 'genome-tags.csv')),
 }
 
 # %% ../nbs/01_data.ipynb #30b485d5
@@ -81,7 +84,7 @@ def extract_dataset(
 
 # %% ../nbs/01_data.ipynb #71e26847
 def movielens_path(
-    name:str='ml-latest-small', # 'ml-100k', 'ml-1m' or 'ml-latest-small'
+    name:str='ml-latest-small', # 'ml-100k', 'ml-1m', 'ml-latest-small' or 'ml-25m'
     path:str|Path|None=None, # a folder holding the dataset's files; skips every lookup
     progress:bool=True,
 ) -> Path:
@@ -223,6 +226,11 @@ def _vocab(table, col, seen, kind, source):
     t = t.reset_index(drop=True)
     return t[['id'] + [c for c in t.columns if c != 'id']]
 
+def _repeats(u, i, n_items) -> bool:
+    "Does any (user, item) code pair occur twice? One sort of int64 keys."
+    k = np.sort(np.asarray(u, np.int64) * n_items + i)
+    return bool((k[1:] == k[:-1]).any())
+
 @patch(cls_method=True)
 def from_df(cls:Interactions, ratings:pd.DataFrame, items:pd.DataFrame|None=None, users:pd.DataFrame|None=None,
              user_col:str='user_id', # column of raw user ids (also the user table's key)
@@ -238,12 +246,15 @@ def from_df(cls:Interactions, ratings:pd.DataFrame, items:pd.DataFrame|None=None
     if time_col is not None and time_col not in ratings.columns: time_col = None
     cols = dict(user=user_col, item=item_col, rating=rating_col, time=time_col)
     df, scale = _check_ratings(ratings.reset_index(drop=True), cols, name, scale)
-    df, _ = _drop_duplicates(df, user_col, item_col, time_col, name)
-    items_t = _vocab(items, item_col, df[item_col].unique(), 'item', name)
+    items_t = _vocab(items, item_col, df[item_col].unique(), 'item', name)      # dropping a repeated pair changes no vocabulary
     users_t = _vocab(users, user_col, df[user_col].unique(), 'user', name)
+    code = lambda: (pd.Index(users_t.id).get_indexer(df[user_col]), pd.Index(items_t.id).get_indexer(df[item_col]))
+    u, i = code()
+    if _repeats(u, i, len(items_t)):                         # only then the sorts that keep each pair's latest rating (25 M rows: seconds, GBs)
+        df, _ = _drop_duplicates(df, user_col, item_col, time_col, name)
+        u, i = code()
     items_t['text'] = item_texts(items_t, template if template is not None else default_template(text_cols or [c for c in items_t.columns if c != 'id'] or ['id']))
-    r = pd.DataFrame({'user': pd.Index(users_t.id).get_indexer(df[user_col]).astype('int64'),
-                      'item': pd.Index(items_t.id).get_indexer(df[item_col]).astype('int64'),
+    r = pd.DataFrame({'user': np.asarray(u, np.int64), 'item': np.asarray(i, np.int64),
                       'rating': df[rating_col].to_numpy('float32'),
                       'timestamp': df[time_col].to_numpy('int64') if time_col else np.arange(len(df), dtype='int64')})
     return cls(r, items_t, users_t, scale, name, path)
@@ -361,10 +372,12 @@ def _tags_per_item(tags, item_col, top=10):
     return counts.groupby(item_col).tag.apply(lambda s: '|'.join(s.iloc[:top]))
 
 def _read_ml_latest(path):
-    r = pd.read_csv(path/'ratings.csv')
+    "ml-latest-small and ml-25m (the same layout): ratings.csv, movies.csv, and the free-text tags of tags.csv."
+    r = pd.read_csv(path/'ratings.csv', dtype={'rating': 'float32'})      # pandas' C engine: faster and leaner than pyarrow's on 2 cores (measured)
     it = pd.read_csv(path/'movies.csv')
     it['year'] = _year(it.title)
-    it['tags'] = it.movieId.map(_tags_per_item(pd.read_csv(path/'tags.csv'), 'movieId')).fillna('')
+    tags = _tags_per_item(pd.read_csv(path/'tags.csv'), 'movieId')
+    it['tags'] = [tags.get(i, '') for i in it.movieId]                       # '' for untagged films (and when tags.csv is empty)
     r = r.rename(columns={'userId': 'user_id', 'movieId': 'item_id'})
     it = it.rename(columns={'movieId': 'item_id'})[['item_id', 'title', 'year', 'genres', 'tags']]
     return r, it, None, (0.5, 5)
@@ -388,11 +401,11 @@ def _read_ml1m(path):
                        'occupation': us.occupation.map(dict(enumerate(_ML1M_JOBS)))})
     return r, it[['item_id', 'title', 'year', 'genres']], us, (1, 5)
 
-_READERS = {'ml-100k': _read_ml100k, 'ml-latest-small': _read_ml_latest, 'ml-1m': _read_ml1m}
+_READERS = {'ml-100k': _read_ml100k, 'ml-latest-small': _read_ml_latest, 'ml-1m': _read_ml1m, 'ml-25m': _read_ml_latest}
 
 # %% ../nbs/01_data.ipynb #ba96d15c
 def load_movielens(
-    name:str='ml-latest-small', # 'ml-100k', 'ml-1m' or 'ml-latest-small'
+    name:str='ml-latest-small', # 'ml-100k', 'ml-1m', 'ml-latest-small' or 'ml-25m'
     path:str|Path|None=None, # folder with the files; default `$FLM_DATA/name`, else the cache, else download
     template=ITEM_TEMPLATE, # item text template (see `item_texts`)
 ) -> Interactions:
@@ -401,6 +414,79 @@ def load_movielens(
     r, it, us, scale = _READERS[name](path)
     return Interactions.from_df(r, it, us, user_col='user_id', item_col='item_id', scale=scale,
                                 template=template, name=name, path=path)
+
+# %% ../nbs/01_data.ipynb #h3d0c005
+_GENRES = ('Action', 'Adventure', 'Animation', 'Children', 'Comedy', 'Crime', 'Documentary', 'Drama', 'Fantasy', 'Film-Noir',
+           'Horror', 'IMAX', 'Musical', 'Mystery', 'Romance', 'Sci-Fi', 'Thriller', 'War', 'Western')   # ml-25m's genres
+_WORDS = ('Night', 'River', 'Star', 'Last', 'Summer', 'Iron', 'Lost', 'Secret', 'Blue', 'City', 'Dream', 'Storm', 'Silent', 'Golden',
+          'Wild', 'Dark', 'Little', 'Broken', 'Hidden', 'Winter', 'Red', 'Glass', 'Long', 'Black', 'Paper', 'Crystal', 'Fire', 'Ghost')
+
+def _user_counts(rng, n_users, n_ratings, min_per_user, cap):
+    "Ratings per user: `min_per_user` each, the rest spread by a lognormal activity (a few heavy raters, none above `cap`), summing to `n_ratings`."
+    if n_users * min_per_user > n_ratings: raise ValueError(f"synthetic_ratings: {n_users:,} users × {min_per_user} ratings each exceed n_ratings={n_ratings:,}")
+    if n_users * cap < n_ratings: raise ValueError(f"synthetic_ratings: {n_users:,} users cannot rate {n_ratings:,} distinct pairs of a catalogue this small")
+    w = rng.lognormal(0, 1.3, n_users)
+    c = min_per_user + np.floor((n_ratings - n_users * min_per_user) * w / w.sum()).astype(np.int64)
+    c[rng.choice(n_users, n_ratings - c.sum(), replace=False)] += 1
+    while (c > cap).any():                                               # spill what is above the cap onto users below it
+        spill = int((c - cap).clip(min=0).sum()); c = c.clip(max=cap)
+        np.add.at(c, rng.choice(np.flatnonzero(c < cap), spill), 1)
+    return c
+
+def _draw_items(rng, users, like, by, cdf, n_items, chunk=1 << 21):
+    "An item for each entry of `users`: a cluster from the user's mix, then a film of that cluster by popularity (in chunks: a (chunk, clusters) block at a time)."
+    out = np.empty(len(users), np.int64)
+    for s in range(0, len(users), chunk):
+        u = users[s:s + chunk]
+        t = (rng.random(len(u), dtype=np.float32)[:, None] > np.cumsum(like[u], 1)).sum(1).clip(max=like.shape[1] - 1)
+        out[s:s + chunk] = by[np.minimum(np.searchsorted(cdf, t + rng.random(len(u))), n_items - 1)]
+    return out
+
+def synthetic_ratings(
+    n_ratings:int=25_000_095, # ml-25m's
+    n_users:int|None=None, # default: ml-25m's 162,541 users scaled by n_ratings / 25 M (fewer ratings: as if a sample of its users)
+    n_items:int=62_423, # ml-25m's catalogue (59,047 of its films are rated)
+    rank:int=8, # dimension of the planted taste
+    n_tastes:int=24, # clusters of films; each user chooses mostly from a few and rates them higher
+    min_per_user:int=20, # ml-25m keeps users with at least 20 ratings
+    popularity:float=1.05, # inside a cluster, a film's popularity falls as (its popularity rank + 6) ** -popularity
+    noise:float=0.6, # standard deviation of the rating noise
+    seed:int=0,
+) -> tuple:
+    "`(ratings, movies)` shaped like ml-25m's ratings.csv (userId, movieId, rating, timestamp; sorted by user and film) and movies.csv (movieId, title, genres): a long tail of popularity, a planted low-rank taste, a text per film."
+    ri, rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])   # the catalogue's own stream: the same films at every size
+    taste = ri.integers(0, n_tastes, n_items)                            # each film's cluster
+    centre = ri.normal(0, 1, (n_tastes, rank))
+    q = (centre[taste] + ri.normal(0, 0.5, (n_items, rank))) / np.sqrt(rank)
+    bi = ri.normal(0, 0.4, n_items)
+    pos = np.empty(n_items, np.int64); pos[ri.permutation(n_items)] = np.arange(n_items)
+    pop = (pos // n_tastes + 6.0) ** -popularity
+    ids = np.sort(ri.choice(209_171, n_items, replace=False) + 1)       # ml-25m's movieIds run to 209,171 with gaps
+    genres = ['|'.join(_GENRES[g] for g in sorted(ri.choice(len(_GENRES), ri.integers(1, 4), replace=False))) for _ in range(n_tastes)]
+    w, year = ri.integers(0, len(_WORDS), (n_items, 2)), ri.integers(1920, 2020, n_items)
+    movies = pd.DataFrame({'movieId': ids, 'title': [f'{_WORDS[a]} {_WORDS[b]} {k} ({y})' for k, ((a, b), y) in enumerate(zip(w, year))],
+                           'genres': [genres[t] for t in taste]})
+    n_users = max(1, round(162_541 * n_ratings / 25_000_095)) if n_users is None else n_users
+    counts = _user_counts(rng, n_users, n_ratings, min_per_user, max(1, n_items // 2))
+    like = rng.dirichlet(np.full(n_tastes, 0.3), n_users).astype(np.float32)   # each user's mix of clusters
+    p = (like @ centre * 2 + rng.normal(0, 0.7, (n_users, rank))) / np.sqrt(rank)   # users rate higher what they choose
+    bu = rng.normal(0, 0.3, n_users)
+    by = np.argsort(taste, kind='stable'); starts = np.searchsorted(taste[by], np.arange(n_tastes + 1))
+    cdf = np.concatenate([np.cumsum(pop[by][a:b]) / max(pop[by][a:b].sum(), 1e-300) + t for t, (a, b) in enumerate(zip(starts[:-1], starts[1:]))])
+    keys, short = np.zeros(0, np.int64), counts
+    for it in range(100):                                                # draw, drop repeated (user, film) pairs, draw what is missing
+        u = np.repeat(np.arange(n_users), short)
+        j = _draw_items(rng, u, like, by, cdf, n_items) if it < 4 else rng.integers(0, n_items, len(u))   # then uniformly: heavy raters run out of their clusters
+        keys = np.sort(np.concatenate([keys, u * n_items + j])); del u, j
+        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]                  # unique (a sort: numpy's hashing unique is slower here)
+        short = counts - np.bincount(keys // n_items, minlength=n_users)
+        if not short.any(): break
+    u, i = keys // n_items, keys % n_items; del keys
+    s = 3.15 + bu[u] + bi[i] + 1.6 * np.einsum('nr,nr->n', p[u], q[i]) + rng.normal(0, noise, n_ratings)
+    s = np.where(rng.random(n_ratings) < 0.35, np.round(s * 2) / 2, np.round(s))   # like MovieLens users, mostly whole stars
+    ratings = pd.DataFrame({'userId': u + 1, 'movieId': ids[i], 'rating': np.clip(s, 0.5, 5),
+                            'timestamp': rng.integers(789_652_009, 1_574_327_703, n_ratings)})
+    return ratings, movies
 
 # %% ../nbs/01_data.ipynb #dfaf3289
 def _exactly_one_back(test, groups, rng):
@@ -565,6 +651,27 @@ def user_items(self:Interactions) -> UserItems:
     "The per-user index of these ratings (built once, then kept)."
     if getattr(self, '_user_items', None) is None: self._user_items = UserItems(self.ratings, self.n_users)
     return self._user_items
+
+# %% ../nbs/01_data.ipynb #h3d0c002
+@patch(cls_method=True)
+def from_csr(cls:UserItems,
+             ptr:np.ndarray, # (n_users + 1,): where each user's run of items starts
+             items:np.ndarray, # item codes, each user's run sorted
+             values:np.ndarray|None=None, # their ratings; default NaN (unknown)
+            ) -> UserItems:
+    "A `UserItems` from the arrays it is made of (as saved), without sorting anything."
+    ui = cls.__new__(cls)
+    ui.ptr, ui.items = np.asarray(ptr, np.int64), np.asarray(items, np.int64)
+    ui.values = np.full(len(ui.items), np.nan) if values is None else np.asarray(values)
+    if len(ui.ptr) < 1 or ui.ptr[0] != 0 or ui.ptr[-1] != len(ui.items) or len(ui.values) != len(ui.items):
+        raise ValueError(f"UserItems.from_csr: ptr must run from 0 to the {len(ui.items):,} items (got {ui.ptr[:1]}...{ui.ptr[-1:]}), with one value per item ({len(ui.values):,})")
+    return ui
+
+@patch
+def rows(self:UserItems, users) -> tuple:
+    "(row in `users`, item code) of every item of `users`: where their `dense` mask is True, without building it."
+    row, _, j = self._flat(np.asarray(users, np.int64))
+    return row, self.items[j]
 
 # %% ../nbs/01_data.ipynb #a09b8154
 def favourite_items(

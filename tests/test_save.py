@@ -1,12 +1,14 @@
 """`Recommender.save`/`load` beyond the lesson: a saved model is a folder that is complete or absent, ids keep their
-types, an interrupted save leaves the old model as it was, a changed folder is refused with a one-line reason (before
-anything is allocated), and the serving methods refuse bad ids and ratings by name. No training: a small model by hand."""
+types, each user's training ratings and the ratings received since travel with it (format 3), an interrupted save leaves
+the old model as it was, a changed folder is refused with a one-line reason (before anything is allocated), and the
+serving methods refuse bad ids and ratings by name. No training: a small model by hand."""
 import hashlib, json, os, re, subprocess, sys
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest, torch
 
 import fine_tuning_flm.recommend as R
+from safetensors.torch import save as st_save
 from fine_tuning_flm.factorization import FLM
 from fine_tuning_flm.recommend import Recommender, FolderLocked, folder_lock
 
@@ -32,7 +34,9 @@ def tiny(item_ids=(1, 2, 3, 4, 5, 6), user_ids=('ann', 'bob', 'cy', 'dee', 'ed')
     if getattr(m, 'history', False):                                  # each user's training items, as `set_seen` keeps them
         m.hist_ptr = torch.tensor([0] + np.cumsum(np.bincount(seen[:, 0].numpy(), minlength=n_u)).tolist())
         m.hist_items = seen[:, 1].clone()
-    return Recommender(m, items, users, seen, scale=(1, 5))
+    rng = np.random.default_rng(seed)
+    ratings = pd.DataFrame({'user': seen[:, 0].numpy(), 'item': seen[:, 1].numpy(), 'rating': rng.integers(1, 6, len(seen)).astype('float32')})
+    return Recommender(m, items, users, ratings, scale=(1, 5))
 
 def same(a:Recommender, b:Recommender):
     "Two Recommenders hold the same model, tables (values and id types) and training pairs."
@@ -41,6 +45,8 @@ def same(a:Recommender, b:Recommender):
         pd.testing.assert_frame_equal(t, u, check_dtype=False)
         assert [type(v) for v in t.id.map(R._plain)] == [type(v) for v in u.id.map(R._plain)]
     assert torch.equal(a.seen, b.seen)
+    for k in ('ptr', 'items', 'values'): np.testing.assert_array_equal(getattr(a.history, k), getattr(b.history, k), err_msg=k)
+    pd.testing.assert_frame_equal(a.new_ratings, b.new_ratings)
 
 def files(folder:Path) -> dict: return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -56,7 +62,8 @@ def test_round_trip_keeps_ids_and_their_types(tmp_path, item_ids):
     assert back.items.genres.tolist() == ['Comedy|Drama', 'NA', '', 'Horror', 'null', 'Sci-Fi']      # 'NA' and 'null' are text, not missing
     assert back.items.year.isna().tolist() == [True, False, False, True, False, False]
     pd.testing.assert_frame_equal(back.recommend('ann', k=3), rec.recommend('ann', k=3))
-    assert sorted(p.name for p in (tmp_path/'m').iterdir()) == ['items.csv', 'manifest.json', 'model.safetensors', 'seen.safetensors', 'users.csv']
+    assert sorted(p.name for p in (tmp_path/'m').iterdir()) == ['history.safetensors', 'items.csv', 'manifest.json', 'model.safetensors',
+                                                                'new_ratings.safetensors', 'users.csv']
 
 def test_add_items_with_a_string_id_keeps_the_int_ids(tmp_path):
     "An integer catalogue that gains 'toy-story-4' holds both types, and still after save + load."
@@ -74,7 +81,7 @@ def test_round_trip_of_a_ranking_model_with_history(tmp_path):
     rec = tiny(objective='mse+softmax', history=True)
     back = Recommender.load(rec.save(tmp_path/'m'))
     same(rec, back)
-    assert len(back.model.hist_items) == len(rec.seen) > 0
+    assert len(back.model.hist_items) == len(rec.seen) == len(back.history.items) > 0
     back._encoder = StubEncoder()
     grown = back.add_items(pd.DataFrame({'id': [7], 'title': ['Film 7 (1997)'], 'genres': ['Drama']}))
     assert grown.model.i_rbias.weight.shape[0] == grown.model.hist.weight.shape[0] == 7
@@ -99,7 +106,7 @@ def test_save_over_an_old_model_replaces_it_whole(tmp_path):
 
 # --- interrupted saves -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('fail_at', [1, 2, 3, 4, 5])                                               # 5: the manifest, written last
+@pytest.mark.parametrize('fail_at', [1, 2, 3, 4, 5, 6])                                            # 6: the manifest, written last
 @pytest.mark.parametrize('error', [OSError(28, 'No space left on device'), KeyboardInterrupt()], ids=['disk full', 'interrupted'])
 def test_interrupted_save_leaves_the_old_model(tmp_path, monkeypatch, fail_at, error):
     old = tiny(seed=0); old.save(tmp_path/'m')
@@ -172,10 +179,15 @@ TAMPER = {
                                     r"items\.csv: its contents differ from the manifest's SHA-256"),
     'a title edited':              (lambda m: (m/'items.csv').write_text((m/'items.csv').read_text().replace('Film 1', 'Film 9')), r"items\.csv: its contents differ"),
     'model truncated':             (lambda m: (m/'model.safetensors').write_bytes((m/'model.safetensors').read_bytes()[:-4]), r"model\.safetensors: [\d,]+ bytes, the manifest says"),
-    'seen deleted':                (lambda m: (m/'seen.safetensors').unlink(), r"seen\.safetensors: missing \(the manifest lists it\)"),
+    'history deleted':             (lambda m: (m/'history.safetensors').unlink(), r"history\.safetensors: missing \(the manifest lists it\)"),
+    'history of other users':      (lambda m: ((m/'history.safetensors').write_bytes(st_save({'ptr': torch.zeros(4, dtype=torch.long), 'items': torch.zeros(0, dtype=torch.int32),
+                                                'ratings': torch.zeros(0)})), _rewrite_manifest(m)),
+                                    r"history\.safetensors: not the 13 training ratings of 5 users the manifest lists"),
+    'new ratings miscounted':      (lambda m: _rewrite_manifest(m, n_new=3), r"new_ratings\.safetensors: not the 3 new ratings the manifest lists"),
+    'saved by format 2':           (lambda m: _rewrite_manifest(m, version=2), r"format version 2, saved before a model kept each user's training ratings.*train and save the model again"),
     'no manifest':                 (lambda m: (m/'manifest.json').unlink(), r"no manifest\.json \(saved by an older version, or not completely\)"),
     'manifest not JSON':           (lambda m: (m/'manifest.json').write_text('{"files": '), r'manifest\.json: not valid JSON'),
-    'manifest of a newer format':  (lambda m: _rewrite_manifest(m, version=3), r'format version 3; this fine_tuning_flm reads version 2'),
+    'manifest of a newer format':  (lambda m: _rewrite_manifest(m, version=4), r'format version 4; this fine_tuning_flm reads version 3'),
     'manifest n_items changed':    (lambda m: _rewrite_manifest(m, n_items=7), r'6 items, the manifest says 5 × 7'),
     'manifest sha256 not hex':     (lambda m: (m/'manifest.json').write_text((m/'manifest.json').read_text().replace('"sha256": "', '"sha256": "zz', 1)), r'not a size and a SHA-256'),
     'a row dropped, manifest rewritten': (lambda m: ((m/'items.csv').write_text(''.join(_lines(m/'items.csv')[:-1])), _rewrite_manifest(m)), r'items\.csv: 5 rows for 6 items'),
@@ -236,3 +248,57 @@ def test_ids_as_text():
     assert rec.id_of('7') == 7 and rec.id_of('07') == '07'
     with pytest.raises(KeyError, match="item '007' is not among this model's 6 items"): rec.codes_of('007')
     with pytest.raises(KeyError, match=r"2 user id\(s\) not among this model's 5 users, e.g. 'zed'"): rec.codes_of(['ann', 'zed', 'zoe'], 'user')
+
+
+# --- the ratings travel with the model (format 3) --------------------------------------------------------------------
+
+def test_history_and_new_ratings_round_trip(tmp_path):
+    "Each user's training ratings (the CSR of `history`, with their values) and `new_ratings` are saved and loaded exactly."
+    rec = tiny()
+    rec.new_ratings = pd.DataFrame({'user': [0, 0, 3], 'item': [1, 5, 2], 'rating': [4.5, 2, 5], 'timestamp': [10, 11, 12]})
+    back = Recommender.load(rec.save(tmp_path/'m'))
+    same(rec, back)
+    assert back.new_ratings.dtypes.astype(str).tolist() == ['int64', 'int64', 'float32', 'int64']
+    items, ratings = back.user_ratings(0)
+    h = rec.history
+    assert items.tolist() == h[0].tolist() + [1, 5] and ratings.tolist() == h.values[h.ptr[0]:h.ptr[1]].tolist() + [4.5, 2.0]
+    man = json.loads((tmp_path/'m'/'manifest.json').read_text())
+    assert (man['version'], man['n_ratings'], man['n_new']) == (3, len(rec.seen), 3)
+
+def test_new_ratings_leave_the_lists_and_user_ratings_keeps_the_latest():
+    rec = tiny()
+    before = rec.recommend('bob', k=6).id.tolist()
+    rec.new_ratings = pd.DataFrame({'user': [1, 1], 'item': [rec._vocab.item_code(before[0])] * 2, 'rating': [2.0, 5.0], 'timestamp': [1, 2]})
+    assert rec.recommend('bob', k=6).id.tolist() == before[1:]
+    items, ratings = rec.user_ratings(1)
+    assert list(items).count(rec._vocab.item_code(before[0])) == 1 and ratings[list(items).index(rec._vocab.item_code(before[0]))] == 5.0
+    with pytest.raises(ValueError, match=r"new_ratings must be a DataFrame with columns \['user', 'item', 'rating', 'timestamp'\]"):
+        rec.new_ratings = pd.DataFrame({'user': [1]})
+
+def test_users_added_after_training_have_no_history():
+    "08 may grow the user side: the history then reads as empty for the new codes (n_users is read at call time)."
+    rec = tiny()
+    m = rec.model
+    for name in ('u_weight', 'u_bias'): setattr(m, name, R._grow(getattr(m, name), 1))
+    m.seen_users = torch.cat([m.seen_users, torch.zeros(1, dtype=torch.bool)]); m.n_users += 1
+    rec.users = pd.concat([rec.users, pd.DataFrame({'id': ['new'], 'age': [40]})], ignore_index=True)
+    assert rec.user_ratings(5)[0].tolist() == [] and len(rec.recommend('new', k=3)) == 3
+    assert len(rec.recommend_batch(k=2)) == 12
+
+@pytest.mark.parametrize('what', ['history item', 'history rating', 'new user', 'new rating'])
+def test_codes_and_ratings_outside_the_model_are_refused(tmp_path, what):
+    rec = tiny()
+    if what.startswith('new'):
+        rec.new_ratings = pd.DataFrame({'user': [9 if what == 'new user' else 0], 'item': [1], 'rating': [0.0 if what == 'new rating' else 3.0], 'timestamp': [0]})
+    else:
+        h = rec.history
+        vals = h.values.copy(); items = h.items.copy()
+        if what == 'history item': items[0] = 99
+        else: vals[0] = 7
+        rec.history = type(h).from_csr(h.ptr, items, vals)
+    m = rec.save(tmp_path/'m')
+    reason = {'history item': r'history\.safetensors: item codes outside the vocabulary \(0 to 5\)',
+              'history rating': r'history\.safetensors: 1 rating\(s\) outside the scale \[1, 5\], e\.g\. 7\.0',
+              'new user': r'new_ratings\.safetensors: user codes outside the vocabulary \(0 to 4\)',
+              'new rating': r'new_ratings\.safetensors: 1 rating\(s\) outside the scale \[1, 5\], e\.g\. 0\.0'}[what]
+    with pytest.raises(ValueError, match=reason): Recommender.load(m)
