@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['LM_LR', 'FLM_RECIPE', 'RANK_RECIPE', 'OBJECTIVES', 'pair_keys', 'sample_negatives', 'popularity_weights', 'log_q',
-           'InteractionsDL', 'EpochSync', 'RatingMetric', 'RankingMetric', 'ranking_metric', 'flm_metrics',
-           'save_checkpoint', 'load_checkpoint', 'FLMEarlyStopping', 'FLMCheckpoint', 'text_vectors', 'flm_learner',
-           'resume', 'recipe', 'train_flm', 'FLMDistributedTrainer', 'distributed']
+           'InteractionsDL', 'EpochSync', 'TrimMemory', 'RatingMetric', 'RankingMetric', 'ranking_metric',
+           'flm_metrics', 'save_checkpoint', 'load_checkpoint', 'FLMEarlyStopping', 'FLMCheckpoint', 'text_vectors',
+           'flm_learner', 'resume', 'recipe', 'train_flm', 'FLMDistributedTrainer', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #8146d38a
-import json
+import ctypes, json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -162,6 +162,18 @@ class EpochSync(Callback):
     order = 12   # after fastai's DistributedTrainer (11) has wrapped the loader
     def before_train(self):
         if isinstance(self.dl, InteractionsDL): self.dl.epoch = self.epoch
+
+def _malloc_trim():
+    "glibc's `malloc_trim`, or None where the C library has none (macOS, Windows, musl)."
+    try: return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError): return None
+
+class TrimMemory(Callback):
+    "Every `every` training batches, hand the heap memory freed by the batches back to the operating system (glibc's `malloc_trim`)."
+    order = 99
+    def __init__(self, every:int=50): self.every, self._trim = every, _malloc_trim()
+    def after_batch(self):
+        if self._trim is not None and self.training and self.iter % self.every == 0: self._trim(0)
 
 # %% ../nbs/05_learner.ipynb #13957e13
 def _rmse(inp, targ): return torch.sqrt(torch.nn.functional.mse_loss(inp.float(), targ.float()))
@@ -390,7 +402,7 @@ def flm_learner(
     dls = DataLoaders(InteractionsDL.from_interactions(train, bs=bs, shuffle=True, seed=seed, **neg),
                       InteractionsDL.from_interactions(valid, bs=bs*4, seed=seed, **({**neg, 'positives': train} if neg else {})), device=device)
     monitor = monitor or (f'ndcg@{k}' if model.ranks else 'rmse')
-    cbs = [FLMRegularizer(), EpochSync()] + list(cbs or [])
+    cbs = [FLMRegularizer(), EpochSync(), TrimMemory()] + list(cbs or [])
     comp = np.greater if monitor.startswith(('ndcg', 'recall', 'precision')) else None
     if early_stop: cbs.append(FLMEarlyStopping(monitor=monitor, comp=comp, patience=early_stop))
     if checkpoint: cbs.append(FLMCheckpoint(checkpoint, monitor=monitor, comp=comp, load_best=load_best))

@@ -120,3 +120,17 @@ def test_interactions_dl_rejects_mismatch():
 def test_flm_learner_bad_text():
     d, iv, uv = toy(); trn, tst = d.split('random', valid_pct=0.2, seed=0)
     with pytest.raises(ValueError, match="'frozn'"): flm_learner(trn, tst, text='frozn', item_vectors=iv)
+
+# --- memory ------------------------------------------------------------------------------------------
+def test_every_learner_trims_freed_memory(monkeypatch):
+    "flm_learner adds TrimMemory, which calls malloc_trim every `every` training batches (and never in validation)."
+    d, iv, uv = toy()
+    trn, tst = d.split('random', valid_pct=0.2, seed=0)
+    learn = flm_learner(trn, tst, item_vectors=iv, user_vectors=uv, bs=256)
+    tm = [cb for cb in learn.cbs if isinstance(cb, TrimMemory)]
+    assert len(tm) == 1
+    calls = []
+    tm[0]._trim, tm[0].every = (lambda pad: calls.append(pad) or 1), 3
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    n = len(learn.dls.train)
+    assert calls == [0] * len(range(0, n, 3)), (len(calls), n)
