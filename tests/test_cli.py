@@ -1,10 +1,11 @@
 """The `flm` command: every mistake exits with status 2 and one line naming the value, before anything is trained; a
-trained model is saved before it is scored; checkpoints resume only their own run; ids keep their form; and the
-README's main job (`flm demo`) and `flm train` on ml-100k, served by `flm recommend`."""
+trained model is saved before it is scored; checkpoints resume only their own run; ids keep their form; every user's
+list streams to a file (`recommend --all`); `torchrun -m fine_tuning_flm.cli train --distributed` on 2 CPU processes
+ends where one process ends; and the README's main job (`flm demo`) and `flm train` on ml-100k, served by `flm recommend`."""
 import hashlib, json, os, re, shutil, subprocess, sys, time
 from pathlib import Path
 
-import numpy as np, pandas as pd, pytest
+import numpy as np, pandas as pd, pytest, torch
 
 import fine_tuning_flm.learner as L
 import fine_tuning_flm.recommend as R
@@ -103,7 +104,13 @@ BAD_ARGS = {  # name: (argv, what the one line must say)
     'two sources':              (['train', '--out', 'm', '--data', 'ml-100k', '--ratings', 'r.csv'], r'--data ml-100k and --ratings r\.csv are two sources'),
     'restart alone':            (['train', '--out', 'm', '--restart'], r'--restart discards a checkpoint, so it needs --checkpoint'),
     'unknown text mode':        (['train', '--out', 'm', '--text', 'big'], r"argument --text: invalid choice: 'big'"),
-    'no user or rated':         (['recommend', 'm'], r'one of the arguments --user --rated is required'),
+    'no user or rated':         (['recommend', 'm'], r'one of the arguments --user --rated --all is required'),
+    'all without out':          (['recommend', 'm', '--all'], r"--all writes every user's list to a file: give it with --out CSV"),
+    'out without all':          (['recommend', 'm', '--user', '1', '--out', 'r.csv'], r'--out r\.csv is the file of --all; a single list is printed'),
+    'all and user':             (['recommend', 'm', '--all', '--user', '1', '--out', 'r.csv'], r'argument --user: not allowed with argument --all'),
+    'id-dropout 1':             (['train', '--out', 'm', '--id-dropout', '1'], r'--id-dropout 1: a chance, from 0 up to \(not including\) 1'),
+    'bs 0':                     (['train', '--out', 'm', '--bs', '0'], r"argument --bs: must be at least 1, got '0'"),
+    'distributed, no launcher': (['train', '--out', 'm', '--distributed'], r'--distributed trains across the processes of a launcher; start it with torchrun'),
     'user and rated':           (['recommend', 'm', '--user', '1', '--rated', '50:5'], r'argument --rated: not allowed with argument --user'),
     'rated without rating':     (['recommend', 'm', '--rated', '50'], r"argument --rated: expected ITEM:RATING pairs separated by commas, e.g. '50:5,172:4', got '50'"),
     'rated not a number':       (['recommend', 'm', '--rated', '50:5,172:x'], r"the rating of item '172' is 'x', not a number"),
@@ -158,7 +165,7 @@ def test_two_runs_on_one_out_do_not_interleave(capsys, no_training, shop, tmp_pa
 
 def test_train_saves_a_loadable_recommender(trained):
     rec, out = trained
-    assert sorted(p.name for p in out.iterdir()) == ['items.csv', 'manifest.json', 'model.safetensors', 'seen.safetensors', 'users.csv']
+    assert sorted(p.name for p in out.iterdir()) == ['history.safetensors', 'items.csv', 'manifest.json', 'model.safetensors', 'new_ratings.safetensors', 'users.csv']
     back = Recommender.load(out)
     pd.testing.assert_frame_equal(rec.recommend('u0', k=5), back.recommend('u0', k=5))
 
@@ -225,6 +232,33 @@ def test_add_items(trained, capsys, tmp_path):
     code, printed, _ = flm(capsys, 'similar', tmp_path/'grown', '--item', 'new-1', '-k', 3)
     assert code == 0 and printed.count('Comedy') >= 2
     assert Recommender.load(out).model.n_items == 24                                            # the original is untouched
+
+def test_update_learns_new_ratings_and_a_mistake_changes_nothing(trained, capsys, tmp_path):
+    "`flm update`: u0 rates two more comedies (they leave u0's list), a new user arrives who likes dramas; a bad file leaves the model as it was."
+    _, out = trained
+    m = tmp_path/'m'; shutil.copytree(out, m)
+    cols = ['--user-col', 'customer', '--item-col', 'sku', '--rating-col', 'stars']
+    pd.DataFrame({'customer': ['u0', 'u0', 'newbie', 'newbie', 'newbie'], 'sku': ['sku04', 'sku08', 'sku01', 'sku05', 'sku00'],
+                  'stars': [5, 5, 5, 5, 1]}).to_csv(tmp_path/'new.csv', index=False)
+    before = {p.name: p.read_bytes() for p in m.iterdir()}
+    pd.DataFrame({'customer': ['u0', 'u0'], 'sku': ['sku01', 'sku99'], 'stars': [5, 5]}).to_csv(tmp_path/'unknown.csv', index=False)
+    refused(capsys, 'update', m, '--ratings', tmp_path/'unknown.csv', *cols, match=r"sku99")
+    pd.DataFrame({'customer': ['u0'], 'sku': ['sku01'], 'stars': [9]}).to_csv(tmp_path/'off.csv', index=False)
+    refused(capsys, 'update', m, '--ratings', tmp_path/'off.csv', *cols, match=r"9")
+    refused(capsys, 'update', m, '--ratings', tmp_path/'new.csv', match=r"new\.csv: no column 'user_id'; its columns are \['customer', 'sku', 'stars'\]")
+    refused(capsys, 'update', m, '--ratings', tmp_path/'none.csv', *cols, match=r"none\.csv' does not exist")
+    assert {p.name: p.read_bytes() for p in m.iterdir()} == before                             # every refusal left the saved model as it was
+    code, printed, err = flm(capsys, 'update', m, '--ratings', tmp_path/'new.csv', *cols)     # in place
+    assert code == 0 and 'learned  5 rating(s) of 2 user(s), 1 of them new' in printed, err
+    up = Recommender.load(m)
+    assert len(up.new_ratings) == 5 and up.users.id.iloc[-1] == 'newbie' and up.model.n_users == 61
+    assert not {'sku04', 'sku08'} & set(up.recommend('u0', k=5).id)                            # rated since training: never shown again
+    top = up.recommend('newbie', k=3)
+    assert (top.id.str[3:].astype(int) % 4 == 1).all(), top                                    # dramas, the films not yet rated
+    code, printed, _ = flm(capsys, 'recommend', m, '--user', 'newbie', '-k', 3)
+    assert code == 0 and all(sku in printed for sku in top.id)
+    fresh = Recommender.load(out).recommend_for({'sku01': 5, 'sku05': 5, 'sku00': 1}, k=3)    # a fold-in from the same ratings
+    assert top.id.tolist() == fresh.id.tolist()
 
 def _long_tail(d:Path, n_users=40, seed=0) -> Path:
     "A long-tail shop: a few popular items and many rated once, so any split leaves test items without training ratings."
@@ -376,6 +410,59 @@ def test_demo_runs(capsys):
     assert genre >= FAN_GENRE_MIN, '\n'.join(fan)
     assert not any(re.search(r'Star Wars|Empire Strikes|Return of the Jedi|Toy Story \(1995\)', line) for line in fan)   # their own films are left out
 
-# What a good model does: the ranking FLM gives this fan 9 or 10 sci-fi/action/adventure films out of 10 (07a_cli's demo output);
+# What a good model does: the demo's FLM gives this fan 10 sci-fi/action/adventure films out of 10 (08a_cli's demo output, December 2026);
 # the rating-only FLM gave none that matched (Shawshank Redemption, Schindler's List, The Usual Suspects, Casablanca, ...).
 FAN_GENRE_MIN = 7
+
+
+# --- every user's list, and training across processes (issue #15) ----------------------------------------------------
+
+def test_recommend_all_streams_every_list_to_a_file(trained, capsys, tmp_path):
+    "`--all --out`: every user's top k as rows (user_id, rank, item_id, predicted), the lists of `recommend`, no rated item, written chunk by chunk."
+    rec, out = trained
+    code, printed, err = flm(capsys, 'recommend', out, '--all', '--out', tmp_path/'recs.csv', '-k', 4, '--batch-size', 7)
+    assert code == 0 and 'wrote    240 rows, the top 4 of 60 users over 24 items' in printed, err
+    recs = pd.read_csv(tmp_path/'recs.csv', dtype={'user_id': str, 'item_id': str})
+    assert recs.columns.tolist() == ['user_id', 'rank', 'item_id', 'predicted'] and recs['rank'].tolist() == [1, 2, 3, 4] * 60
+    for u in ('u0', 'u17', 'u59'): assert recs[recs.user_id == u].item_id.tolist() == rec.recommend(u, k=4).id.tolist()
+    rated = set(zip(rec.seen[:, 0].tolist(), rec.seen[:, 1].tolist()))
+    assert not rated & set(zip(rec.codes_of(recs.user_id, 'user').tolist(), rec.codes_of(recs.item_id).tolist()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['recs.csv']
+
+def test_recommend_all_leaves_no_half_file(trained, capsys, tmp_path, monkeypatch):
+    "A run that fails part-way (here on the third chunk) leaves neither a partial recs.csv nor a temporary file."
+    _, out = trained
+    real, calls = Recommender._top_frame, []
+    def frame(self, *a):
+        calls.append(1)
+        if len(calls) == 3: raise OSError(28, 'No space left on device')
+        return real(self, *a)
+    monkeypatch.setattr(Recommender, '_top_frame', frame)
+    refused(capsys, 'recommend', out, '--all', '--out', tmp_path/'recs.csv', '--batch-size', 10, match='No space left on device')
+    assert list(tmp_path.iterdir()) == []
+
+def test_distributed_refuses_what_it_does_not_support(capsys, no_training, monkeypatch):
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    refused(capsys, 'train', '--out', 'm', '--distributed', '--checkpoint', match=r'--checkpoint is not supported with --distributed yet')
+    refused(capsys, 'train', '--out', 'm', '--distributed', '--text', 'lora', match=r'--distributed trains --text frozen or none; --text lora')
+
+def test_torchrun_on_two_cpu_processes_ends_where_one_process_ends(tmp_path):
+    """`torchrun --standalone --nproc_per_node 2 -m fine_tuning_flm.cli train ... --distributed`: two gloo processes, each with half of
+    every batch, train the model one process trains on the whole batches (whole batches only, and no ID dropout, whose random masks
+    would differ); the first process saves and scores it, the other writes nothing."""
+    from fine_tuning_flm.data import Interactions
+    for n_users in range(40, 80):                                      # a training side that splits into whole batches of an even size
+        tail = _long_tail(tmp_path, n_users=n_users)
+        n = len(Interactions.from_csv(tail).split('random', valid_pct=0.2, seed=42)[0])
+        bs = next((b for b in range(64, 15, -2) if n % b == 0), None)
+        if bs: break
+    args = [str(a) for a in ['train', '--ratings', tail, '--text', 'none', '--epochs', 2, '--bs', bs, '--id-dropout', 0, '--quiet']]
+    one = run(args + ['--out', str(tmp_path/'one')])
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'FLM_DEVICE': 'cpu'}
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'fine_tuning_flm.cli',
+                        *args, '--distributed', '--out', str(tmp_path/'two')], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert f'parallel 2 processes (2 on this machine) share each batch of {bs} ratings' in r.stdout and r.stdout.count('saved    ') == 1, r.stdout
+    two = Recommender.load(tmp_path/'two')
+    for k, v in one.model.state_dict().items(): torch.testing.assert_close(two.model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['.one.lock', '.two.lock', 'one', 'tail.csv', 'two']
