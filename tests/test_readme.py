@@ -1,4 +1,4 @@
-"Every number in the README's results tables is the one `benchmarks/ranking.py` wrote to `benchmarks/results/ranking.json`."
+"Every number in the README's results and scaling tables is the one `benchmarks/ranking.py` or `benchmarks/scale.py` wrote to `benchmarks/results/`."
 import json, re
 from pathlib import Path
 
@@ -34,3 +34,27 @@ def test_readme_results_match_the_benchmark_file():
     assert f"RMSE is {u1[1]['rmse']:.4f} against {u1[0]['rmse']:.4f}" in text
     assert f"NDCG@10 is {u1[1]['ndcg10']:.4f} against {u1[0]['ndcg10']:.4f}" in text
     assert f"takes about {sys_['FLM-rank']['fit_vs_cornac_bpr']:.0f} times cornac BPR" in text
+
+SCALE_ROWS = {'loading (`load_movielens`)': 'load', 'one epoch, rating objective': 'rate', 'one epoch, ranking objective (sampled negatives)': 'rank',
+              'top-10 for every user (`recommend_batch`)': 'serve', 'implicit ALS, one iteration': 'als', 'cornac BPR, one epoch': 'bpr'}
+
+def test_readme_scaling_matches_the_benchmark_file():
+    "The README's scaling table and its targets are those `benchmarks/scale.py` wrote to `benchmarks/results/scale.json`."
+    sc = json.loads((ROOT/'benchmarks'/'results'/'scale.json').read_text())
+    text = (ROOT/'README.md').read_text(encoding='utf-8').split('## Scaling', 1)[1].split('\n## ', 1)[0]
+    assert f"`{sc['run']['command'].strip()}`" in text
+    rows = [[c.strip() for c in l.strip('|').split('|')] for l in text.splitlines() if l.startswith('|')]
+    sizes = sorted(int(n) for n in sc['sizes'])
+    assert rows[0][1:-1] == [f'{n/1e6:g} M ratings' for n in sizes]
+    body = rows[2:]
+    assert [r[0] for r in body] == list(SCALE_ROWS)
+    for r in body:
+        st = SCALE_ROWS[r[0]]
+        for n, cell in zip(sizes, r[1:-1]):
+            s = sc['sizes'][str(n)]['stages'].get(st, {})
+            want = f"{s['seconds']:.1f} s ({s['peak_rss_gb']:.1f} GB)" if 'seconds' in s else 'not run'
+            assert cell == want, (r[0], n, cell, want)
+        g = sc['growth_exponent'].get(st)
+        assert r[-1] == (f'{g:.2f}' if g is not None else ''), (r[0], r[-1], g)
+    for name, t in sc['targets'].items():
+        if t['value'] is not None: assert f"{name}: {t['value']:.2f} ({'met' if t['met'] else 'missed'})" in text, name
