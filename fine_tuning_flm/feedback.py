@@ -86,15 +86,6 @@ _SHAPE = ('n_factors', 'y_range', 'reg', 'reg_bias', 'id_dropout', 'user_id_drop
           'temperature', 'history', 'history_alpha', 'rate_factors', 'positive_rating')
 
 @patch
-def all_ratings(self:Recommender) -> Interactions:
-    "Every rating the model has: its training ratings and those `update` received since, as `Interactions` on its vocabulary."
-    h = self.history
-    users = np.repeat(np.arange(len(h.ptr) - 1), np.diff(h.ptr))
-    old = pd.DataFrame({'user': users, 'item': h.items, 'rating': h.values.astype('float32'), 'timestamp': np.zeros(len(users), 'int64')})
-    r = pd.concat([old, self.new_ratings], ignore_index=True).drop_duplicates(['user', 'item'], keep='last', ignore_index=True)
-    return Interactions(r, self.items, self.users, self.scale, 'all ratings')
-
-@patch
 def refit(self:Recommender,
           epochs:int=2, # a warm start needs few epochs
           lr:float|None=None, # default: a third of the recipe's

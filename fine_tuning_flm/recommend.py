@@ -439,6 +439,15 @@ def _as_test(self:Recommender, test, user_col, item_col, rating_col, name) -> In
     return Interactions(r, self.items, self.users, self.scale, name)
 
 @patch
+def all_ratings(self:Recommender) -> Interactions:
+    "Every rating the model has: its training ratings and `new_ratings` (the later one where an item was rated twice), as `Interactions` on its vocabulary."
+    h = self._history()
+    users = np.repeat(np.arange(len(h.ptr) - 1), np.diff(h.ptr))
+    old = pd.DataFrame({'user': users, 'item': h.items, 'rating': h.values.astype('float32'), 'timestamp': np.zeros(len(users), 'int64')})
+    r = pd.concat([old, self.new_ratings], ignore_index=True).drop_duplicates(['user', 'item'], keep='last', ignore_index=True)
+    return Interactions(r, self.items, self.users, self.scale, 'all ratings')
+
+@patch
 def evaluate(self:Recommender,
              test, # `Interactions` coded like this model, or a DataFrame of raw ids and ratings
              metrics=SERVE_METRICS, # names from `METRICS`
@@ -448,10 +457,7 @@ def evaluate(self:Recommender,
             ) -> pd.DataFrame:
     "`evaluate` on `test` through the cold path: rows for all ratings, warm/cold items and warm/cold users; the items each user rated (in training or since) are left out of their ranking."
     test = self._as_test(test, user_col, item_col, rating_col, name)
-    h = self._history()
-    rated = pd.DataFrame({'user': np.repeat(np.arange(len(h.ptr) - 1), np.diff(h.ptr)), 'item': h.items, 'rating': h.values.astype('float32'), 'timestamp': 0})
-    train = Interactions(pd.concat([rated, self.new_ratings], ignore_index=True), self.items, self.users, self.scale, 'rated items')
-    kw = dict(train=train, metrics=list(metrics), k=k, cold=True, name='FLM')
+    kw = dict(train=self.all_ratings(), metrics=list(metrics), k=k, cold=True, name='FLM')
     by_items, by_users = evaluate(self.model, test, by='items', **kw), evaluate(self.model, test, by='users', **kw)   # the function of 06
     return pd.concat([by_items, by_users[by_users.slice != 'all']], ignore_index=True)
 
