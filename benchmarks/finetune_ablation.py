@@ -1,298 +1,359 @@
 #!/usr/bin/env python
-"""Fine-tuning the language model: frozen vs top_k (k=2) vs LoRA vs full, fine-tune-first and joint, on ml-100k.
+"""Fine-tuning the language model through the ranking objective: frozen vs top_k vs LoRA vs full, 3 seeds.
 
-    python benchmarks/finetune_ablation.py                  # the full ablation (~45-60 min on 2 CPU cores)
-    python benchmarks/finetune_ablation.py --quick          # a tiny version (10% of users, 1 epoch): ~2-3 min
-    python benchmarks/finetune_ablation.py --configs frozen joint-lora --out results.json
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/finetune_ablation.py --out benchmarks/results/finetune_ablation.json
+    python benchmarks/finetune_ablation.py --quick                       # CI-size smoke test (~3 min)
+    python benchmarks/finetune_ablation.py --parts memory --device cuda  # one part, on a GPU (see --device)
 
-Every config runs in its own subprocess (its peak RSS is its own) with the same seed, and is scored on
-  - warm RMSE: the official u1 fold (u1.base / u1.test);
-  - cold-item RMSE: `split('cold_items', pct=0.2, seed=0)`, predicted from text alone (`predict(..., cold=True)`).
-The configs:
-  - frozen: the pretrained MiniLM's vectors in `train_flm` (the baseline; the LM never trains);
-  - ft-<mode>: fine-tune first (`finetune_encoder`, two-tower rating head, on the training side of each split, or a
-    random subsample of it, see --ft-frac), then encode with the fine-tuned LM and run `train_flm` as for frozen;
-  - joint-<mode>: `train_flm(text=mode)`: the recipe's epochs with the LM frozen, then `joint_epochs` with the LM unfrozen.
-mode is top_k (top 2 layers), lora (r=8 on query/key/value) or full. 'LM s/epoch' times the stage that trains the LM
-(the fine-tuning epoch, or the joint epochs); 'LM params' counts the LM weights that train there.
-The ranker part: NDCG@10 of the frozen FLM's top-10 on u1, and of its top-50 re-ranked by a `PromptRanker`
-(LoRA cross-encoder, one epoch on a sample of u1.base prompts), on a sample of test users.
-The test folds are never used to choose anything. --out writes every number and the command line as JSON.
+Every run is `train_flm(..., objective='rank')` (RANK_RECIPE: full-catalogue softmax, pooled history) in its own
+subprocess, so its peak RSS is its own. The configs:
+  - frozen: `text='frozen'`, the pretrained MiniLM's vectors (the LM never trains);
+  - frozen-2stage: the control. `text='top_k'` with the LM's learning rate at 0: the same two stages, the same joint
+    steps (in-batch softmax, logQ-corrected), the same dropout, but the LM's weights stay. What the fine-tuned rows gain
+    over it, the LM's training earned; what they gain over `frozen` may be the extra steps;
+  - top_k / lora / full: `train_flm(text=mode, objective='rank')`: RANK_RECIPE's epochs with the LM frozen (its vectors
+    cached; this stage is the `frozen` run of the same seed, loaded, so every joint row is paired with its frozen row and
+    differs from it by the joint stage alone), then `--joint-epochs` in which the ranking loss (softmax over in-batch negatives, logQ-corrected) reaches
+    into the LM (top 2 layers; LoRA r=8 on query/key/value; every weight), at `LM_LR[mode]`, on a random sample of
+    `--joint-rows` training rows per epoch, batches of `--joint-bs`, at most `--max-items` distinct items per step.
+Parts:
+  - cold: ml-latest-small (its tags are in the item texts), `split('cold_items', pct=0.2, seed=0)`: candidates are the
+    cold items only, relevant = test ratings >= 4; mean per-user ROC AUC and NDCG@10 among the cold items (as
+    `benchmarks/ranking.py`'s cold part); `--seeds` seeds (training seeds; the split is fixed);
+  - warm: ml-100k, Microsoft Recommenders' protocol (`split('recommenders', ratio=0.75, by='item', seed=42)`, every test
+    rating relevant, training items removed, top-10 over all items): NDCG@10; `--warm-seeds` seeds;
+  - memory: a synthetic catalogue of `--mem-items` items whose texts are ~256-token descriptions, `--mem-ratings`
+    ratings, `TextEncoder(max_length=256)`: each mode trains `--mem-rows` joint rows; peak RSS per mode;
+  - ranker: the PromptRanker (LoRA cross-encoder) trained on `--ranker-pairs` training interactions plus as many hard
+    negatives from the frozen FLM's top-50 (unrated items only), then re-ranking that retriever's top-50 for
+    `--rank-users` sampled test users of the warm split: NDCG@10 before and after, on the same users.
+Nothing is tuned here: the settings are the library's defaults (RANK_RECIPE, LM_LR), and no test fold chooses anything.
+Results are written (atomically) after every run, so an interrupted run keeps what it finished.
 """
-import argparse, json, os, resource, subprocess, sys, time
+import argparse, json, os, resource, subprocess, sys, tempfile, time
 import numpy as np, pandas as pd, torch
 
 MODES = ('top_k', 'lora', 'full')
-CONFIGS = ('frozen', 'ranker') + tuple(f'{k}-{m}' for m in MODES for k in ('ft', 'joint'))   # costliest last
+CONFIGS = ('frozen', 'frozen-2stage') + MODES
+PARTS = ('cold', 'warm', 'memory', 'ranker')
 
 def peak_mib(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
 
-def _shrink(d, mask, user_frac, n_items, seed=0):
-    "--quick: a random `user_frac` of the users and their `n_items` most-rated items, re-coded (the LM then sees few texts)."
-    from fine_tuning_flm.data import Interactions
-    rng = np.random.default_rng(seed)
-    users = np.sort(rng.choice(d.n_users, max(1, round(user_frac*d.n_users)), replace=False))
-    r = d.ratings[np.isin(d.ratings.user.to_numpy(), users)]
-    items = np.sort(r.item.value_counts().index[:n_items].to_numpy())
-    keep = np.isin(r.item.to_numpy(), items)
-    r, m = r[keep].copy(), mask[r.index[keep]]
-    r['user'], r['item'] = np.searchsorted(users, r.user.to_numpy()), np.searchsorted(items, r.item.to_numpy())
-    small = Interactions(r.reset_index(drop=True), d.items.iloc[items].reset_index(drop=True), d.users.iloc[users].reset_index(drop=True),
-                         d.scale, f'{d.name} ({len(users)} users x {len(items)} items)', d.path)
-    return small, m
-
-def _splits(a):
-    "{'warm': u1 (train, test), 'cold': cold-item (train, test)}; with --quick, on a re-coded sample that keeps u1's assignment."
-    from fine_tuning_flm.data import load_movielens
-    d = load_movielens('ml-100k')
-    if a.user_frac >= 1: return {'warm': d.split('official', fold='u1'), 'cold': d.split('cold_items', pct=0.2, seed=0)}
-    _, u1 = d.split('official', fold='u1')
-    key = lambda r: r.user.to_numpy().astype(np.int64) * d.n_items + r.item.to_numpy()
-    small, m = _shrink(d, np.isin(key(d.ratings), key(u1.ratings)), a.user_frac, a.quick_items)
-    r = small.ratings
-    return {'warm': (small._like(r[~m], f'{small.name} u1 train'), small._like(r[m], f'{small.name} u1 test')),
-            'cold': small.split('cold_items', pct=0.2, seed=0)}
-
-def md_table(df, fmts):
-    "A markdown table (pandas' to_markdown needs tabulate, which this environment lacks)."
-    cols = [df.index.name or ''] + list(df.columns)
-    def cell(c, v):
-        if isinstance(v, str): return v
-        if v is None or (isinstance(v, float) and np.isnan(v)): return '–'
-        return format(v, fmts.get(c, ''))
-    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '|'.join(['---'] + ['---:' if df[c].dtype.kind in 'if' else '---' for c in df.columns]) + '|']
-    for i, row in df.iterrows(): lines.append('| ' + ' | '.join([str(i)] + [cell(c, row[c]) for c in df.columns]) + ' |')
-    return '\n'.join(lines)
-
-def _subsample(d, frac, seed):
-    return d if frac >= 1 else d._like(d.ratings.sample(frac=frac, random_state=seed), f'{d.name} ({frac:.0%} of ratings)')
-
-def _lm_params(mode, k):
+def lm_params(mode):
+    "Weights of the LM that train in `mode` (0 when frozen)."
     from fine_tuning_flm.embeddings import TextEncoder
     from fine_tuning_flm.finetune import trainable
-    if mode == 'frozen': return 0
-    te = trainable(TextEncoder(), mode, k=k)
-    return sum(p.numel() for p in te.parameters() if p.requires_grad)
+    if mode in ('frozen', 'frozen-2stage'): return 0
+    return sum(p.numel() for p in trainable(TextEncoder(), mode).parameters() if p.requires_grad)
 
-def _stage_clock():
+def stage_clock():
     from fastai.callback.core import Callback
     class StageClock(Callback):
-        "Wall time of every `fit` call (train_flm's joint path fits twice: LM frozen, then LM training)."
+        "Wall time of every `fit` (train_flm's joint path fits twice: LM frozen, then LM training)."
         order = 90
         def __init__(self): self.fits = []
         def before_fit(self): self.t0 = time.perf_counter()
-        def after_fit(self): self.fits.append(dict(epochs=self.n_epoch, seconds=time.perf_counter() - self.t0))
+        def after_fit(self): self.fits.append(dict(epochs=self.n_epoch, steps=self.n_epoch * len(self.dls.train), seconds=time.perf_counter() - self.t0))
     return StageClock()
 
-def _score(learn, tst):
-    "RMSE on all of `tst` through the cold path (u1.test has ratings on 32 items that u1.base lacks), and on its warm items."
+def _shrink(d, n_users, n_items, seed=0):
+    "--quick: a random `n_users` users and their `n_items` most-rated items, re-coded."
+    from fine_tuning_flm.data import Interactions
+    rng = np.random.default_rng(seed)
+    users = np.sort(rng.choice(d.n_users, min(n_users, d.n_users), replace=False))
+    r = d.ratings[np.isin(d.ratings.user.to_numpy(), users)]
+    items = np.sort(r.item.value_counts().index[:n_items].to_numpy())
+    r = r[np.isin(r.item.to_numpy(), items)].copy()
+    r['user'], r['item'] = np.searchsorted(users, r.user.to_numpy()), np.searchsorted(items, r.item.to_numpy())
+    return Interactions(r.reset_index(drop=True), d.items.iloc[items].reset_index(drop=True), d.users.iloc[users].reset_index(drop=True),
+                        d.scale, f'{d.name} ({len(users)} users x {len(items)} items)', d.path)
+
+WORDS = ('a detective a city a family secret war love journey ship island storm memory betrayal village king soldier '
+         'river night letter train doctor island music school prison desert brother sister mountain winter summer dream '
+         'escape crime courage friendship revenge future machine forest ocean empire rebellion hunter stranger fortune').split()
+
+def memory_data(a):
+    "A synthetic catalogue shaped like the issue's: `mem_items` items with ~256-token plot descriptions, `mem_ratings` ratings."
+    from fine_tuning_flm.data import Interactions, synthetic_ratings
+    ratings, movies = synthetic_ratings(n_users=max(a.mem_ratings // 60, 50), n_items=a.mem_items, n_ratings=a.mem_ratings, seed=0)
+    rng = np.random.default_rng(0)
+    movies['plot'] = [' '.join(rng.choice(WORDS, 230)) + '.' for _ in range(len(movies))]
+    ratings.to_csv(os.path.join(a.tmp, 'r.csv'), index=False); movies.to_csv(os.path.join(a.tmp, 'm.csv'), index=False)
+    return Interactions.from_csv(os.path.join(a.tmp, 'r.csv'), items=os.path.join(a.tmp, 'm.csv'), user_col='userId', item_col='movieId',
+                                 text_cols=['title', 'genres', 'plot'])
+
+def data_for(part, a):
+    from fine_tuning_flm.data import load_movielens
+    if part == 'cold':
+        d = load_movielens('ml-latest-small')
+        if a.quick: d = _shrink(d, 120, 400)
+        return d.split('cold_items', pct=0.2, seed=0)
+    if part in ('warm', 'ranker'):
+        d = load_movielens('ml-100k')
+        if a.quick: d = _shrink(d, 150, 300)
+        return d.split('recommenders', ratio=0.75, by='item', seed=42)
+    return memory_data(a), None
+
+def cold_metrics(model, test, train):
+    from fine_tuning_flm.evaluation import evaluate, seen_codes
+    cand = ~seen_codes(train)[1] & np.isin(np.arange(train.n_items), test.ratings.item.unique())
+    e = evaluate(model, test, train, metrics=['auc', 'ndcg'], k=10, cold=True, threshold=4, candidates=cand)
+    v = dict(zip(e.metric, e.value.astype(float)))
+    return dict(auc=v['AUC'], ndcg10=v['NDCG@10'], n_users=int(e.n.iloc[0]), n_cold_items=int(cand.sum()))
+
+def warm_metrics(model, test, train):
     from fine_tuning_flm.evaluation import evaluate
-    df = evaluate(learn.model, tst, metrics=['rmse'], cold=True, by='items').set_index('slice')
-    return {k: float(df.value.get(s, np.nan)) for k, s in (('rmse', 'all'), ('rmse_warm_items', 'warm items'), ('rmse_cold_items', 'cold items'))} | \
-           {'n_cold_item_ratings': int(df.n.get('cold items', 0))}
+    e = evaluate(model, test, train, metrics=['ndcg'], k=10)
+    return dict(ndcg10=float(e.value.iloc[0]), n_users=int(e.n.iloc[0]))
 
-def run_config(cfg, a):
-    "One config on both splits, in this process: a dict of numbers."
+def load_stage1(path):
+    "A callback that starts the first fit from the frozen run's weights (the LM's own entries are the joint model's)."
+    from fastai.callback.core import Callback
+    sd = {k: v for k, v in torch.load(path).items() if not k.startswith('i_text.')}
+    class LoadStage1(Callback):
+        order = -20
+        def before_fit(self):
+            if sd is None: return
+            missing, unexpected = self.learn.model.load_state_dict(sd, strict=False)
+            bad = [k for k in missing if not k.startswith('i_text.')] + list(unexpected)
+            if bad: raise RuntimeError(f"stage-1 weights do not fit: {bad[:5]}")
+            self.loaded = True
+    return LoadStage1()
+
+def train(cfg, trn, a, seed, part, encoder=None):
+    "One `train_flm` run of `cfg`; returns the learner and its timings. Joint configs start from the frozen run's weights (`a.stage1`)."
+    from fine_tuning_flm.learner import train_flm
+    clock = stage_clock()
+    kw = dict(objective='rank', seed=seed, progress=False, cbs=[clock], device=a.device)
+    if a.epochs is not None: kw['epochs'] = a.epochs
+    if part == 'memory': kw['epochs'] = 0                      # memory: the joint stage is what is measured
+    elif cfg != 'frozen':                                      # stage 1 is the frozen run itself: load it, train stage 2 only
+        kw['epochs'] = 0; kw['cbs'] = [clock, load_stage1(a.stage1)]
+    if encoder is not None: kw['encoder'] = encoder
+    if a.device == 'cuda': kw['mixed_precision'] = True
+    t = time.perf_counter()
+    if cfg == 'frozen':
+        learn = train_flm(trn, None, text='frozen', **kw)
+        if a.stage1: torch.save({k: v.cpu() for k, v in learn.model.state_dict().items()}, a.stage1)
+    else:
+        mode = 'top_k' if cfg == 'frozen-2stage' else cfg
+        rows = a.mem_rows if part == 'memory' else a.joint_rows
+        learn = train_flm(trn, None, text=mode, joint_epochs=a.joint_epochs, joint_rows=rows, joint_bs=a.joint_bs, max_items=a.max_items,
+                          lm_lr=0.0 if cfg == 'frozen-2stage' else None, **kw)
+    out = dict(train_seconds=time.perf_counter() - t, fits=clock.fits)
+    if cfg != 'frozen' and clock.fits:
+        j = clock.fits[-1]
+        out.update(lm_s_per_epoch=j['seconds'] / max(j['epochs'], 1), joint_steps=j['steps'], joint_rows=min(rows or len(trn), len(trn)),
+                   lm_s_per_full_epoch=j['seconds'] / max(j['epochs'], 1) * len(trn) / min(rows or len(trn), len(trn)))
+    return learn, out
+
+def run_one(part, cfg, seed, a):
+    "One (part, config, seed) in this process: a dict of numbers."
     from fine_tuning_flm.core import set_seed
-    from fine_tuning_flm.learner import FLM_RECIPE, text_vectors, train_flm
-    from fine_tuning_flm.finetune import finetune_encoder
-    t_all = time.perf_counter()
-    kind, mode = (cfg, 'frozen') if cfg == 'frozen' else cfg.split('-', 1)
-    out = dict(config=cfg, approach={'frozen': 'pretrained', 'ft': 'fine-tune first', 'joint': 'joint'}[kind], mode=mode,
-               lm_params=_lm_params(mode, a.k))
-    ft_kw = dict(k=a.k) if mode == 'top_k' else {}
-    for name, (trn, tst) in _splits(a).items():
-        r = {}
-        set_seed(a.seed)
-        if kind == 'ft':
-            ft_trn = _subsample(trn, a.ft_frac, a.seed)
-            ft_val = _subsample(tst, a.ft_valid_frac, a.seed)
-            t = time.perf_counter()
-            enc = finetune_encoder(ft_trn, ft_val, mode=mode, head='rating', epochs=a.ft_epochs, progress=False,
-                                   user_titles=a.ft_user_titles, **ft_kw)
-            r['ft_seconds'] = time.perf_counter() - t
-            r['lm_s_per_epoch'] = r['ft_seconds'] / a.ft_epochs
-            r['ft_ratings'], r['ft_valid_loss'] = len(ft_trn), enc.finetune_history['values'][-1][1]
-        else: enc = None
-        t = time.perf_counter()
-        iv, uv = text_vectors(trn, enc, cache=enc is None)    # fine-tuned weights: encode afresh, no cache files
-        r['encode_seconds'] = time.perf_counter() - t
-        clock = _stage_clock()
-        t = time.perf_counter()
-        if kind == 'joint':
-            learn = train_flm(trn, tst, epochs=a.epochs, text=mode, joint_epochs=a.joint_epochs, progress=False, seed=a.seed,
-                              finetune=ft_kw or None, item_vectors=iv, user_vectors=uv, cbs=[clock])
-            r['lm_s_per_epoch'] = clock.fits[-1]['seconds'] / clock.fits[-1]['epochs']
-        else:
-            learn = train_flm(trn, tst, epochs=a.epochs, text='frozen', progress=False, seed=a.seed,
-                              item_vectors=iv, user_vectors=uv, cbs=[clock])
-        r['flm_seconds'] = time.perf_counter() - t
-        r['fits'] = clock.fits
-        r.update(_score(learn, tst))
-        r['n_train'], r['n_test'] = len(trn), len(tst)
-        out[name] = r
-        print(f"  [{cfg}] {name}: RMSE {r['rmse']:.4f}" + (f", LM {r['lm_s_per_epoch']:.1f}s/epoch" if 'lm_s_per_epoch' in r else ''), flush=True)
-        del learn, enc
-    out['seconds'] = time.perf_counter() - t_all
-    out['peak_rss_mib'] = peak_mib()
-    return out
+    from fine_tuning_flm.embeddings import TextEncoder
+    torch.set_num_threads(a.threads) if a.threads else None
+    t0 = time.perf_counter()
+    set_seed(seed)
+    trn, tst = data_for(part, a)
+    enc = TextEncoder(max_length=256, device=a.device) if part == 'memory' else TextEncoder(device=a.device)
+    learn, r = train(cfg, trn, a, seed, part, enc)
+    m = learn.model
+    if part == 'cold': r.update(cold_metrics(m, tst, trn))
+    elif part == 'warm': r.update(warm_metrics(m, tst, trn))
+    r.update(part=part, config=cfg, seed=seed, lm_params=lm_params(cfg), n_train=len(trn), n_items=trn.n_items,
+             seconds=time.perf_counter() - t0, peak_rss_mib=peak_mib())
+    if a.device == 'cuda': r['peak_cuda_mib'] = torch.cuda.max_memory_allocated() / 2**20
+    return r
 
-def run_ranker(a):
-    "NDCG@10 on u1 of the frozen FLM's ranking, with and without re-ranking its top-50 by a PromptRanker."
+def run_ranker(seed, a):
+    "The PromptRanker with hard negatives from the frozen FLM's top-50, re-ranking that FLM's top-50 for sampled test users."
     from fine_tuning_flm.core import set_seed
     from fine_tuning_flm.data import user_texts
-    from fine_tuning_flm.learner import text_vectors, train_flm
     from fine_tuning_flm.finetune import prompt_ranker_learner
-    from fine_tuning_flm.evaluation import evaluate, ndcg_at_k, top_items
-    t_all = time.perf_counter()
-    trn, tst = _splits(a)['warm']
-    set_seed(a.seed)
-    iv, uv = text_vectors(trn)
-    learn = train_flm(trn, tst, epochs=a.epochs, progress=False, seed=a.seed, item_vectors=iv, user_vectors=uv)
+    from fine_tuning_flm.evaluation import ndcg_at_k, top_items
+    t0 = time.perf_counter()
+    set_seed(seed)
+    trn, tst = data_for('ranker', a)
+    if a.stage1 and not os.path.exists(a.stage1): a.stage1 = None
+    if a.stage1:                                             # the warm part's frozen run of this seed: the same split and recipe
+        from fine_tuning_flm.learner import train_flm
+        learn = train_flm(trn, None, objective='rank', text='frozen', epochs=0, progress=False, seed=seed, cbs=[load_stage1(a.stage1)], device=a.device)
+        learn.model.load_state_dict({k: v for k, v in torch.load(a.stage1).items()})
+        r = dict(retriever='the warm part\'s frozen run, seed 0')
+    else: learn, r = train('frozen', trn, a, seed, 'ranker')
     model = learn.model
-    rng = np.random.default_rng(a.seed)
+    rng = np.random.default_rng(seed)
+    # hard negatives: for a sample of training users, unrated items of the retriever's top-50
+    tr_users = np.sort(rng.choice(trn.n_users, min(trn.n_users, max(a.ranker_pairs // 20, 1)), replace=False))
+    top_tr = top_items(model, tr_users, train=trn, k=a.candidates)
+    hu, hi = np.repeat(tr_users, top_tr.shape[1]), top_tr.ravel()
+    ok = hi >= 0
+    pick = rng.choice(int(ok.sum()), min(a.ranker_pairs, int(ok.sum())), replace=False)
+    hard = (hu[ok][pick], hi[ok][pick])
+    set_seed(seed)
+    pl = prompt_ranker_learner(trn, tst, max_pairs=a.ranker_pairs, neg_ratio=0.0, threshold=0.0, hard=hard, bs=32, seed=seed,
+                               device=a.device)
+    t = time.perf_counter()
+    with pl.no_bar(), pl.no_logging(): pl.fit_one_cycle(a.ranker_epochs, a.ranker_lr)
+    r.update(ranker_train_seconds=time.perf_counter() - t, ranker_train_prompts=len(pl.dls.train_ds), ranker_hard_negatives=len(hard[0]),
+             ranker_valid_bce=float(pl.recorder.values[-1][1]))
+    ranker = pl.model
     test_users = np.unique(tst.ratings.user.to_numpy())
     users = np.sort(rng.choice(test_users, min(a.rank_users, len(test_users)), replace=False))
-    res = dict(config='ranker', n_users=len(users), n_test_users=len(test_users), candidates=a.candidates)
-    # the library's NDCG@10 of the FLM, on all test users and on the sample (a check for the hand-made hits below)
-    for th in (None, 4):
-        key = 'all' if th is None else 'liked'
-        res[f'flm_ndcg_allusers_{key}'] = float(evaluate(model, tst, trn, metrics=['ndcg'], k=10, threshold=th, cold=True).value.iloc[0])
-        sub = tst._like(tst.ratings[np.isin(tst.ratings.user.to_numpy(), users)])
-        res[f'flm_ndcg_eval_{key}'] = float(evaluate(model, sub, trn, metrics=['ndcg'], k=10, threshold=th, cold=True).value.iloc[0])
-    # the ranker: one epoch of BCE on liked / not-liked prompts from u1.base
-    set_seed(a.seed)
-    pl = prompt_ranker_learner(trn, tst, max_pairs=a.ranker_pairs, bs=32, seed=a.seed)
-    t = time.perf_counter()
-    with pl.no_bar(), pl.no_logging(): pl.fit_one_cycle(1, a.ranker_lr)
-    res['ranker_train_seconds'], res['ranker_train_prompts'] = time.perf_counter() - t, len(pl.dls.train_ds)
-    res['ranker_valid_bce'] = float(pl.recorder.values[-1][1])
-    ranker = pl.model
-    top = top_items(model, users, train=trn, k=a.candidates, cold=True)   # cold: items without u1.base ratings rank by text
+    top = top_items(model, users, train=trn, k=a.candidates)
     utexts, itexts = user_texts(trn, n_titles=5), trn.items.text.tolist()
     t = time.perf_counter()
     reranked = np.stack([ranker.rerank(utexts[u], c[c >= 0], itexts)[:10] for u, c in zip(users, top)])
-    res['rerank_seconds'] = time.perf_counter() - t
-    r = tst.ratings
-    for th in (None, 4):
-        key = 'all' if th is None else 'liked'
-        rel_r = r if th is None else r[r.rating >= th]
-        rel = {u: set(g.item) for u, g in rel_r.groupby('user')}
-        keep = np.array([u in rel for u in users])          # evaluate() skips users without relevant test items
-        n_rel = np.array([len(rel.get(u, ())) for u in users])[keep]
-        for name, lists in (('flm', top[:, :10]), ('reranked', reranked)):
-            hits = np.array([[i in rel.get(u, ()) for i in row] for u, row in zip(users, lists)])[keep]
-            res[f'{name}_ndcg_{key}'] = float(ndcg_at_k(hits, n_rel, 10).mean())
-        res[f'n_users_{key}'] = int(keep.sum())
-    res['seconds'] = time.perf_counter() - t_all
-    res['peak_rss_mib'] = peak_mib()
-    return res
-
-def child(cfg, a):
-    torch.set_num_threads(a.threads) if a.threads else None
-    res = run_ranker(a) if cfg == 'ranker' else run_config(cfg, a)
-    with open(a.result, 'w') as fh: json.dump(res, fh)
+    r['rerank_seconds'] = time.perf_counter() - t
+    rel = {u: set(g.item) for u, g in tst.ratings.groupby('user')}
+    n_rel = np.array([len(rel[u]) for u in users])
+    for name, lists in (('retriever', top[:, :10]), ('reranked', reranked)):
+        hits = np.array([[i in rel[u] for i in row] for u, row in zip(users, lists)])
+        r[f'{name}_ndcg10'] = float(ndcg_at_k(hits, n_rel, 10).mean())
+    r.update(part='ranker', config='ranker', seed=seed, n_users=len(users), candidates=a.candidates, seconds=time.perf_counter() - t0,
+             peak_rss_mib=peak_mib())
+    return r
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--parts', nargs='+', default=list(PARTS), choices=PARTS)
     p.add_argument('--configs', nargs='+', default=list(CONFIGS), choices=CONFIGS)
-    p.add_argument('--quick', action='store_true', help="10%% of users x their 200 most-rated items (u1's assignment kept), 1 FLM epoch, 1 joint epoch, small fine-tune/ranker samples")
-    p.add_argument('--seed', type=int, default=42)
-    p.add_argument('--epochs', type=int, default=None, help="FLM epochs (LM frozen); default FLM_RECIPE's 20")
-    p.add_argument('--joint-epochs', type=int, default=None, help="joint epochs (LM training); default FLM_RECIPE's 2")
-    p.add_argument('--k', type=int, default=2, help='top_k: layers that train')
-    p.add_argument('--ft-epochs', type=int, default=1, help='fine-tune-first: epochs of finetune_encoder')
-    p.add_argument('--ft-frac', type=float, default=None, help='fine-tune-first: fraction of the training ratings it sees (default 0.1; quick 0.15 of the sample)')
-    p.add_argument('--ft-user-titles', type=int, default=0, help="fine-tune-first: favourite titles in the user texts (default 0: demographics only, as the FLM's user texts; 5 triples the LM cost per step)")
-    p.add_argument('--ft-valid-frac', type=float, default=None, help='fine-tune-first: fraction of the test side used as its (reporting-only) valid set')
-    p.add_argument('--rank-users', type=int, default=None, help='ranker: test users sampled (default 100; quick 10)')
-    p.add_argument('--candidates', type=int, default=50, help="ranker: the FLM's top-n that it re-ranks")
-    p.add_argument('--ranker-pairs', type=int, default=None, help='ranker: u1.base ratings sampled for training prompts (plus as many random negatives as positives)')
-    p.add_argument('--ranker-lr', type=float, default=1e-3)
+    p.add_argument('--seeds', type=int, default=3, help='cold part: training seeds 0..n-1')
+    p.add_argument('--warm-seeds', type=int, default=1, help='warm part: seeds (each costs as much as a cold seed)')
+    p.add_argument('--epochs', type=int, default=None, help="epochs with the LM frozen (default RANK_RECIPE's)")
+    p.add_argument('--joint-epochs', type=int, default=1)
+    p.add_argument('--joint-rows', type=int, default=None, help='training rows per joint epoch (default 3072; --quick 512; cuda: all)')
+    p.add_argument('--joint-bs', type=int, default=256)
+    p.add_argument('--max-items', type=int, default=192, help='distinct items per joint step (CapItems)')
+    p.add_argument('--mem-items', type=int, default=3000); p.add_argument('--mem-ratings', type=int, default=60000)
+    p.add_argument('--mem-rows', type=int, default=None, help='memory part: joint rows per mode (default 256, one step; --quick 64)')
+    p.add_argument('--ranker-pairs', type=int, default=None, help='ranker: training interactions (plus as many hard negatives); default 1500')
+    p.add_argument('--ranker-epochs', type=int, default=1); p.add_argument('--ranker-lr', type=float, default=1e-3)
+    p.add_argument('--rank-users', type=int, default=None, help='ranker: test users re-ranked (default 60)')
+    p.add_argument('--candidates', type=int, default=50)
+    p.add_argument('--device', default='cpu', help="'cuda': the GPU path (mixed precision, all joint rows by default); finishes in minutes on a GPU")
     p.add_argument('--threads', type=int, default=None)
-    p.add_argument('--out', default=None, help='write all numbers here as JSON')
-    p.add_argument('--child', default=None, help=argparse.SUPPRESS)
+    p.add_argument('--quick', action='store_true', help='CI-size: small samples, 2 epochs, 1 seed, small joint and memory runs')
+    p.add_argument('--out', default=None)
+    p.add_argument('--child', nargs=3, default=None, help=argparse.SUPPRESS)
     p.add_argument('--result', default=None, help=argparse.SUPPRESS)
+    p.add_argument('--stage1', default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    q = a.quick
-    a.user_frac, a.quick_items = (0.1, 200) if q else (1.0, None)
-    from fine_tuning_flm.learner import FLM_RECIPE
-    if a.epochs is None: a.epochs = 1 if q else FLM_RECIPE['epochs']
-    if a.joint_epochs is None: a.joint_epochs = 1 if q else FLM_RECIPE['joint_epochs']
-    if a.ft_frac is None: a.ft_frac = 0.15 if q else 0.1
-    if a.ft_valid_frac is None: a.ft_valid_frac = 0.1 if q else 0.25
-    if a.rank_users is None: a.rank_users = 10 if q else 100
-    if a.ranker_pairs is None: a.ranker_pairs = 120 if q else 1500
+    q, gpu = a.quick, a.device == 'cuda'
+    if q:
+        a.seeds, a.warm_seeds = min(a.seeds, 1), min(a.warm_seeds, 1)
+        if a.epochs is None: a.epochs = 2
+        a.mem_items, a.mem_ratings = min(a.mem_items, 200), min(a.mem_ratings, 3000)
+    if a.joint_rows is None: a.joint_rows = 512 if q else (None if gpu else 3072)
+    if a.mem_rows is None: a.mem_rows = 64 if q else 256
+    if a.ranker_pairs is None: a.ranker_pairs = 60 if q else 1500
+    if a.rank_users is None: a.rank_users = 5 if q else 60
     return a
 
-def table(rows):
-    recs = []
-    for r in rows:
-        w, c = r['warm'], r['cold']
-        recs.append({'config': r['config'], 'approach': r['approach'], 'mode': r['mode'],
-                     'warm RMSE (u1)': w['rmse'], 'cold-item RMSE': c['rmse'],
-                     'LM s/epoch (u1)': w.get('lm_s_per_epoch', np.nan), 'LM params': r['lm_params'],
-                     'peak RSS MiB': r['peak_rss_mib'], 'wall s': r['wall_seconds']})
-    return pd.DataFrame(recs).set_index('config')
+def runs(a):
+    "(part, config, seed) in the order they run: the cold part first (the target), the costliest configs last."
+    out = []
+    for part in a.parts:
+        if part == 'ranker': out.append(('ranker', 'ranker', 0)); continue
+        n = {'cold': a.seeds, 'warm': a.warm_seeds, 'memory': 1}[part]
+        cfgs = [c for c in a.configs if not (part == 'memory' and c == 'frozen-2stage')]   # memory: the control is top_k's
+        if part != 'memory': cfgs = ['frozen'] + [c for c in cfgs if c != 'frozen']     # the joint runs start from the frozen run
+        out += [(part, c, s) for s in range(n) for c in cfgs]
+    return out
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    a = parse(argv)
-    if a.child: return child(a.child, a)
-    from fine_tuning_flm.learner import FLM_RECIPE
-    t0 = time.perf_counter()
-    cmd = 'python benchmarks/finetune_ablation.py ' + ' '.join(argv)
-    setup = dict(seed=a.seed, user_frac=a.user_frac, quick_items=a.quick_items, ft_user_titles=a.ft_user_titles, flm_epochs=a.epochs, joint_epochs=a.joint_epochs, k=a.k, ft_epochs=a.ft_epochs,
-                 ft_frac=a.ft_frac, ft_valid_frac=a.ft_valid_frac, rank_users=a.rank_users, candidates=a.candidates,
-                 ranker_pairs=a.ranker_pairs, ranker_lr=a.ranker_lr, threads=a.threads or torch.get_num_threads())
-    print(f"setup: {setup}")
-    print(f"reduced to fit the time budget: fine-tune-first sees {a.ft_frac:.0%} of each split's training ratings for "
-          f"{a.ft_epochs} epoch, user texts with {a.ft_user_titles} favourite titles (valid: {a.ft_valid_frac:.0%} of the test side, reporting only); the PromptRanker trains one "
-          f"epoch on {a.ranker_pairs:,} sampled u1.base ratings (+ random negatives) and re-ranks for {a.rank_users} sampled test users"
-          + (f"; --quick: {a.user_frac:.0%} of users x their {a.quick_items} most-rated items, {a.epochs} FLM epoch(s), {a.joint_epochs} joint epoch(s)" if a.quick else ''), flush=True)
-    res = dict(command=cmd, setup=setup, recipe=FLM_RECIPE, configs={})
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        for cfg in a.configs:
-            fn = os.path.join(tmp, f'{cfg}.json')
-            t = time.perf_counter()
-            p = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, '--child', cfg, '--result', fn])
-            wall = time.perf_counter() - t
-            if p.returncode != 0 or not os.path.exists(fn):
-                print(f"{cfg}: FAILED (exit {p.returncode}) after {wall:.0f}s", flush=True)
-                res['configs'][cfg] = dict(config=cfg, failed=p.returncode, wall_seconds=wall); continue
-            r = json.load(open(fn)); r['wall_seconds'] = wall
-            res['configs'][cfg] = r
-            print(f"{cfg}: done in {wall:.0f}s (peak RSS {r['peak_rss_mib']:.0f} MiB)", flush=True)
-            if a.out: _write(a.out, dict(res, partial=True))   # partial results survive an interrupted run
-    res['children_peak_rss_mib'] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    rows = [r for c, r in res['configs'].items() if c != 'ranker' and 'failed' not in r]
-    if rows:
-        df = table(rows)
-        res['table'] = df.round(4).reset_index().to_dict('records')
-        print('\n' + md_table(df, {'warm RMSE (u1)': '.4f', 'cold-item RMSE': '.4f', 'LM s/epoch (u1)': '.1f', 'LM params': ',.0f',
-                                    'peak RSS MiB': ',.0f', 'wall s': '.0f'}))
-        ft = {r['config']: r['warm'].get('ft_ratings') for r in rows if 'ft_ratings' in r['warm']}
-        if ft: print(f"\nfine-tune-first trained the LM on {next(iter(ft.values())):,} u1.base ratings ({a.ft_frac:.0%}), {a.ft_epochs} epoch; "
-                     f"the FLM epochs ({a.epochs}) then ran on all training ratings. Joint: {a.epochs} epochs LM frozen + {a.joint_epochs} LM training.")
-    rk = res['configs'].get('ranker')
-    if rk and 'failed' not in rk:
-        print(f"\nRe-ranking on u1, {rk['n_users']} sampled test users (seed {a.seed}); the FLM's top-{rk['candidates']} re-ranked by a PromptRanker "
-              f"trained for 1 epoch on {rk['ranker_train_prompts']:,} prompts ({rk['ranker_train_seconds']:.0f}s; re-ranking took {rk['rerank_seconds']:.0f}s):")
-        rt = pd.DataFrame({'relevant = any test rating': [f"{rk['flm_ndcg_all']:.4f}", f"{rk['reranked_ndcg_all']:.4f}", str(rk['n_users_all'])],
-                           'relevant = test rating >= 4': [f"{rk['flm_ndcg_liked']:.4f}", f"{rk['reranked_ndcg_liked']:.4f}", str(rk['n_users_liked'])]},
-                          index=pd.Index(['NDCG@10 frozen FLM', f"NDCG@10 FLM top-{rk['candidates']} re-ranked", 'users'], name='u1 sample'))
-        print(md_table(rt, {}))
-        print(f"(frozen FLM NDCG@10 on all {rk['n_test_users']} test users, by `evaluate`: {rk['flm_ndcg_allusers_all']:.4f} any rating, "
-              f"{rk['flm_ndcg_allusers_liked']:.4f} rating >= 4; on the sample by `evaluate`: {rk['flm_ndcg_eval_all']:.4f} / {rk['flm_ndcg_eval_liked']:.4f})")
-    res['wall_seconds'] = time.perf_counter() - t0
-    print(f"\ntotal wall time {res['wall_seconds']:.0f}s")
-    if a.out: _write(a.out, res)
-    return res
+def summary(rows):
+    "Mean ± std over seeds per (part, config)."
+    df = pd.DataFrame([r for r in rows if 'failed' not in r and r['part'] != 'ranker'])
+    if df.empty: return []
+    out = []
+    for (part, cfg), g in df.groupby(['part', 'config'], sort=False):
+        rec = dict(part=part, config=cfg, seeds=len(g), lm_params=int(g.lm_params.iloc[0]), peak_rss_mib=float(g.peak_rss_mib.max()))
+        for c in ('ndcg10', 'auc', 'lm_s_per_epoch', 'lm_s_per_full_epoch', 'train_seconds'):
+            if c in g and g[c].notna().any():
+                rec[c] = float(g[c].mean()); rec[c + '_std'] = float(g[c].std(ddof=1)) if len(g) > 1 else 0.0
+        out.append(rec)
+    return out
+
+def md(summ):
+    lines = ['| part | config | seeds | NDCG@10 | AUC | LM s/joint epoch | LM params | peak RSS MiB |', '|---|---|---:|---:|---:|---:|---:|---:|']
+    f = lambda r, c, p: f"{r[c]:.{p}f} ± {r[c + '_std']:.{p}f}" if c in r else '–'
+    for r in summ:
+        lines.append(f"| {r['part']} | {r['config']} | {r['seeds']} | {f(r, 'ndcg10', 4)} | {f(r, 'auc', 4)} | {f(r, 'lm_s_per_epoch', 0)} | "
+                     f"{r['lm_params']:,} | {r['peak_rss_mib']:,.0f} |")
+    return '\n'.join(lines)
+
+def targets(summ):
+    "The issue's targets, from the summary: cold gain of the best fine-tuned mode, warm loss, memory."
+    by = {(r['part'], r['config']): r for r in summ}
+    out = {}
+    fz = by.get(('cold', 'frozen'))
+    tuned = [by[('cold', m)] for m in MODES if ('cold', m) in by]
+    if fz and tuned:
+        best = max(tuned, key=lambda r: r['ndcg10'])
+        diff = best['ndcg10'] - fz['ndcg10']
+        out['cold'] = dict(best=best['config'], best_ndcg10=best['ndcg10'], frozen_ndcg10=fz['ndcg10'], rel_gain=diff / fz['ndcg10'],
+                           diff=diff, two_std=2 * max(best['ndcg10_std'], fz['ndcg10_std']), met_10pct=diff / fz['ndcg10'] >= 0.10,
+                           met_2std=diff > 2 * max(best['ndcg10_std'], fz['ndcg10_std']) and best['seeds'] > 1)
+        ctl = by.get(('cold', 'frozen-2stage'))
+        if ctl: out['cold'].update(control_ndcg10=ctl['ndcg10'], gain_over_control=best['ndcg10'] - ctl['ndcg10'])
+    wf = by.get(('warm', 'frozen'))
+    if wf and ('cold' in out) and ('warm', out['cold']['best']) in by:
+        w = by[('warm', out['cold']['best'])]
+        out['warm'] = dict(config=w['config'], ndcg10=w['ndcg10'], frozen_ndcg10=wf['ndcg10'], diff=w['ndcg10'] - wf['ndcg10'],
+                           met=w['ndcg10'] - wf['ndcg10'] >= -0.005)
+    mem = [r for r in summ if r['part'] == 'memory']
+    if mem: out['memory'] = dict(peak_rss_mib={r['config']: r['peak_rss_mib'] for r in mem}, met=all(r['peak_rss_mib'] < 8192 for r in mem))
+    return out
 
 def _write(fn, res):
     "JSON, written atomically (a reader never sees half a file)."
     from fine_tuning_flm.core import atomic_write
     with atomic_write(fn, 'w') as fh: json.dump(res, fh, indent=1, default=float)
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parse(argv)
+    if a.child:
+        part, cfg, seed = a.child
+        with tempfile.TemporaryDirectory() as tmp:
+            a.tmp = tmp
+            res = run_ranker(int(seed), a) if part == 'ranker' else run_one(part, cfg, int(seed), a)
+        with open(a.result, 'w') as fh: json.dump(res, fh, default=float)
+        return res
+    from fine_tuning_flm.learner import RANK_RECIPE, LM_LR
+    t0 = time.perf_counter()
+    settings = {k: v for k, v in vars(a).items() if k not in ('child', 'result', 'out')}
+    res = dict(command='python benchmarks/finetune_ablation.py ' + ' '.join(argv), settings=settings, recipe=RANK_RECIPE, lm_lr=LM_LR,
+               date=time.strftime('%Y-%m-%d'), runs=[])
+    print(f"settings: {settings}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for part, cfg, seed in runs(a):
+            fn = os.path.join(tmp, f'{part}-{cfg}-{seed}.json')
+            st1 = os.path.join(tmp, f"{'warm' if part == 'ranker' else part}-stage1-{seed}.pt")
+            if part not in ('memory', 'ranker') and cfg != 'frozen' and not os.path.exists(st1):
+                print(f"[{part}] {cfg} seed {seed}: skipped, its frozen run failed", flush=True); continue
+            t = time.perf_counter()
+            p = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, '--child', part, cfg, str(seed), '--result', fn, '--stage1', st1])
+            wall = time.perf_counter() - t
+            if p.returncode != 0 or not os.path.exists(fn):
+                print(f"[{part}] {cfg} seed {seed}: FAILED (exit {p.returncode}) after {wall:.0f}s", flush=True)
+                res['runs'].append(dict(part=part, config=cfg, seed=seed, failed=p.returncode, wall_seconds=wall))
+            else:
+                r = json.load(open(fn)); r['wall_seconds'] = wall
+                res['runs'].append(r)
+                show = ', '.join(f"{k} {r[k]:.4f}" for k in ('ndcg10', 'auc', 'retriever_ndcg10', 'reranked_ndcg10') if k in r)
+                print(f"[{part}] {cfg} seed {seed}: {show} LM {r.get('lm_s_per_epoch', 0):.0f}s/joint epoch, peak RSS {r['peak_rss_mib']:,.0f} MiB, "
+                      f"{wall:.0f}s", flush=True)
+            res['summary'] = summary(res['runs']); res['targets'] = targets(res['summary'])
+            if a.out: _write(a.out, dict(res, partial=True))        # what finished survives an interrupted run
+    res['wall_seconds'] = time.perf_counter() - t0
+    print('\n' + md(res['summary']))
+    print('\ntargets:', json.dumps(res['targets'], indent=1, default=float))
+    rk = [r for r in res['runs'] if r['part'] == 'ranker' and 'failed' not in r]
+    for r in rk: print(f"\nPromptRanker, {r['n_users']} test users: retriever NDCG@10 {r['retriever_ndcg10']:.4f}, re-ranked {r['reranked_ndcg10']:.4f} "
+                       f"({r['ranker_train_prompts']:,} training prompts, {r['ranker_hard_negatives']:,} hard negatives, {r['ranker_train_seconds']:.0f}s)")
+    print(f"\ntotal wall time {res['wall_seconds']:.0f}s")
+    if a.out: _write(a.out, res)
+    return res
 
 if __name__ == '__main__': main()

@@ -6,7 +6,7 @@
 __all__ = ['LM_LR', 'FLM_RECIPE', 'RANK_RECIPE', 'OBJECTIVES', 'pair_keys', 'sample_negatives', 'popularity_weights', 'log_q',
            'InteractionsDL', 'EpochSync', 'TrimMemory', 'RatingMetric', 'RankingMetric', 'ranking_metric',
            'flm_metrics', 'save_checkpoint', 'load_checkpoint', 'FLMEarlyStopping', 'FLMCheckpoint', 'text_vectors',
-           'flm_learner', 'resume', 'recipe', 'train_flm', 'FLMDistributedTrainer', 'distributed']
+           'flm_learner', 'resume', 'recipe', 'train_flm', 'CapItems', 'FLMDistributedTrainer', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #8146d38a
 import ctypes, json
@@ -20,6 +20,7 @@ from fastai.data.load import DataLoader
 from fastai.learner import Learner, Metric
 from fastai.metrics import AccumMetric, mae as _mae
 from fastai.callback.core import Callback
+from fastai.callback.training import GradientAccumulation
 from fastai.callback.tracker import TrackerCallback, EarlyStoppingCallback
 from fastai.callback.schedule import *
 from fastai.callback.progress import *
@@ -136,11 +137,12 @@ class InteractionsDL(DataLoader):
         self.epoch += 1
         self.after_iter()
 
-    def new(self, **kwargs):
+    def new(self, x:torch.Tensor|None=None, y:torch.Tensor|None=None, **kwargs):
+        "A copy of this loader with some settings changed, over other rows `x`, `y` if given."
         kw = dict(bs=self.bs, shuffle=self.shuffle, drop_last=self.drop_last, device=self.device, seed=self.seed,
                   rank=self.rank, world_size=self.world_size, neg=self.neg, n_items=self.n_items, neg_weights=self.neg_weights, reject=self.reject)
         kw.update({k: v for k, v in kwargs.items() if k in kw})
-        return type(self)(self.x, self.y, **kw)
+        return type(self)(self.x if x is None else x, self.y if y is None else y, **kw)
 
     @classmethod
     def from_interactions(cls, data:Interactions,
@@ -331,10 +333,11 @@ def text_vectors(
     encoder=None, # a `TextEncoder`; default: the bundled MiniLM
     user_titles:int=0, # favourite titles in each user's text (0: demographics only)
     cache:bool=True,
+    items:bool=True, # False: the user vectors only (item vectors None), as joint training needs
 ) -> tuple:
     "Frozen text vectors of every item and user: `(item_vectors, user_vectors or None)`."
     enc = encoder if encoder is not None else TextEncoder()
-    iv = enc.encode(train.items.text.tolist(), cache=cache)
+    iv = enc.encode(train.items.text.tolist(), cache=cache) if items else None
     ut = user_texts(train, n_titles=user_titles)
     uv = enc.encode(ut, cache=cache) if len(set(ut)) > 1 else None   # one text for all users carries nothing
     return iv, uv
@@ -352,6 +355,8 @@ def flm_learner(
     item_vectors:torch.Tensor|None=None, user_vectors:torch.Tensor|None=None, # precomputed text vectors (skip encoding)
     user_titles:int=0, # favourite titles in user texts (0: demographics only)
     finetune:dict|None=None, # joint training: arguments of `trainable` (k, r, alpha, dropout, target_modules)
+    chunk_tokens:int=8192, # joint training: the LM runs on at most this many padded tokens at once (see `TrainableText`)
+    max_items:int|None=None, # joint training: at most this many distinct items per step reach the LM (see `CapItems`); None: no cap
     bs:int=4096, # batch size
     reg:float=0.1, reg_bias:float=0.01, # penalties on the effective vectors (see `FLM`)
     id_dropout:float=0.0, user_id_dropout:float=0.0,
@@ -389,8 +394,10 @@ def flm_learner(
     item_text, user_text = (item_vectors, user_vectors) if text else (None, None)
     if text in _JOINT:
         enc = encoder if encoder is not None else TextEncoder()
-        if user_vectors is None: user_vectors = text_vectors(train, enc, user_titles)[1]
-        item_text, user_text = TrainableText(trainable(enc, text, **(finetune or {})), train.items.text.tolist()), user_vectors
+        if item_vectors is None: item_vectors, user_vectors = text_vectors(train, enc, user_titles)   # the untrained LM's vectors, cached on disk
+        elif user_vectors is None: user_vectors = text_vectors(train, enc, user_titles, items=False)[1]
+        item_text, user_text = TrainableText(trainable(enc, text, **(finetune or {})), train.items.text.tolist(), chunk_tokens=chunk_tokens,
+                                               vectors=item_vectors), user_vectors   # stage 1 reads the vectors: it runs no LM
         kwargs.setdefault('splitter', lm_splitter)
         kwargs.setdefault('train_bn', False)   # else fastai's freeze() keeps the LM's LayerNorms training: stage 1 would run the LM
     model = FLM(train.n_users, train.n_items, n_factors, y_range=y_range or (lo - 0.5, hi + 0.5),
@@ -403,6 +410,7 @@ def flm_learner(
                       InteractionsDL.from_interactions(valid, bs=bs*4, seed=seed, **({**neg, 'positives': train} if neg else {})), device=device)
     monitor = monitor or (f'ndcg@{k}' if model.ranks else 'rmse')
     cbs = [FLMRegularizer(), EpochSync(), TrimMemory()] + list(cbs or [])
+    if max_items and text in _JOINT: cbs.append(CapItems(max_items))
     comp = np.greater if monitor.startswith(('ndcg', 'recall', 'precision')) else None
     if early_stop: cbs.append(FLMEarlyStopping(monitor=monitor, comp=comp, patience=early_stop))
     if checkpoint: cbs.append(FLMCheckpoint(checkpoint, monitor=monitor, comp=comp, load_best=load_best))
@@ -426,7 +434,7 @@ def resume(learn:Learner, fname:str='flm') -> int:
 FLM_RECIPE = dict(n_factors=32, epochs=20, lr=1e-2, bs=4096, reg=0.1, reg_bias=0.01, id_dropout=0.1, wd=0.0,
                   joint_epochs=2, joint_lr=2e-3, joint_bs=16384)
 RANK_RECIPE = dict(objective='softmax', n_factors=64, epochs=12, lr=1e-2, bs=1024, reg=0.03, reg_bias=0.01, id_dropout=0.1, wd=0.0,
-                   negatives='full', history=True, rate_factors=16, joint_epochs=2, joint_lr=2e-3, joint_bs=16384)
+                   negatives='full', history=True, rate_factors=16, joint_epochs=1, joint_lr=2e-3, joint_bs=256)
 OBJECTIVES = {'rate': 'mse', 'rank': 'softmax', 'both': 'mse+softmax'}   # what `train_flm(objective=...)` accepts besides the losses
 
 def recipe(objective:str='rate') -> dict:
@@ -447,6 +455,9 @@ def train_flm(
     objective:str='rate', # 'rate' (MSE), 'rank', 'both' (MSE + ranking), or a loss as in `FLM` ('softmax', 'mse+bpr', ...)
     text:str|None='frozen', # as in `flm_learner`; 'top_k'/'lora'/'full' add a joint stage
     joint_epochs:int|None=None, lm_lr:float|None=None, # joint stage: epochs and the LM's learning rate (default `LM_LR[text]`)
+    joint_negatives:str|None='in-batch', # joint stage of a ranking model trained on the 'full' catalogue: its negatives then (None: unchanged)
+    joint_rows:int|None=None, # joint stage: each epoch runs on a random sample of this many training rows (None: all of them)
+    accumulate:int=1, # joint stage: batches per optimizer step (fastai's `GradientAccumulation`)
     early_stop:int|None=None, # patience on the validation metric (then the best weights are loaded at the end)
     checkpoint:str|None=None, # file stem for resumable checkpoints (None: none)
     resume_run:bool=True, # continue from `checkpoint`'s last epoch if it exists
@@ -460,6 +471,8 @@ def train_flm(
     lr = r.pop('lr') if lr is None else lr
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0: raise ValueError(f"train_flm: epochs must be an int >= 0, got {epochs!r}")
     if not lr > 0: raise ValueError(f"train_flm: lr must be > 0, got {lr!r}")
+    if not isinstance(accumulate, (int, np.integer)) or accumulate < 1: raise ValueError(f"train_flm: accumulate must be an int >= 1, got {accumulate!r}")
+    if joint_rows is not None and (not isinstance(joint_rows, (int, np.integer)) or joint_rows < 1): raise ValueError(f"train_flm: joint_rows must be a positive int or None, got {joint_rows!r}")
     recipe_joint = r.pop('joint_epochs')     # always out of `r`: flm_learner would pass it on to Learner
     joint_epochs = recipe_joint if joint_epochs is None else joint_epochs
     joint_lr, joint_bs = r.pop('joint_lr'), r.pop('joint_bs')
@@ -471,9 +484,44 @@ def train_flm(
     if start < epochs: _fit(learn, epochs, lr, start, progress)
     if text in _JOINT and joint_epochs:        # stage 2: the loss reaches into the LM
         learn.unfreeze()
-        learn.dls.train.bs = joint_bs
-        _fit(learn, joint_epochs, [lm_lr or LM_LR[text], joint_lr], 0, progress)
+        with _joint_stage(learn, train, joint_bs, joint_negatives, joint_rows, accumulate, seed, r):
+            _fit(learn, joint_epochs, [LM_LR[text] if lm_lr is None else lm_lr, joint_lr], 0, progress)
     return learn
+
+@contextmanager
+def _joint_stage(learn, train, bs, negatives, rows, accumulate, seed, r):
+    "Stage 2's settings: its batch size, row sample, negatives (logQ-corrected) and gradient accumulation; stage 1's come back after."
+    m, dl, loss = _bare(learn.model), learn.dls.train, learn.loss_func
+    saved = m.negatives, loss.log_q
+    idx = torch.randperm(dl.n, generator=torch.Generator().manual_seed(seed or 0))[:rows] if rows and rows < dl.n else None
+    learn.dls.train = dl.new(bs=bs) if idx is None else dl.new(dl.x[idx.to(dl.x.device)], dl.y[idx.to(dl.y.device)], bs=bs)
+    if m.ranks and negatives and m.negatives == 'full':    # the whole catalogue would run the LM at every step
+        m.negatives = negatives
+        loss.log_q = log_q(m, train, r.get('neg_alpha', 0.0)) if r.get('logq', True) else None
+    ga = GradientAccumulation(accumulate * bs) if accumulate > 1 else None
+    if ga: learn.add_cb(ga)
+    try: yield
+    finally:
+        if ga: learn.remove_cb(ga)
+        learn.dls.train, (m.negatives, loss.log_q) = dl, saved
+
+# %% ../nbs/05_learner.ipynb #e34ed664
+class CapItems(Callback):
+    "Joint training: keep only the rows of at most `max_items` distinct items of each training batch (drawn at random), so the LM reads at most that many texts per step."
+    def __init__(self, max_items:int):
+        if not isinstance(max_items, (int, np.integer)) or max_items < 1: raise ValueError(f"CapItems: max_items must be a positive int, got {max_items!r}")
+        self.max_items = int(max_items)
+    def before_batch(self):
+        tower = getattr(_bare(self.learn.model), 'i_text', None)
+        if not (self.training and isinstance(tower, TrainableText) and tower.lm_trains()): return
+        x, y = self.xb[0], self.yb[0]
+        if x.shape[1] > 2: raise ValueError("CapItems: batches with sampled negatives carry their own candidates; use in-batch negatives")
+        uniq, inv = x[:, 1].unique(return_inverse=True)
+        if len(uniq) <= self.max_items: return
+        keep = torch.zeros(len(uniq), dtype=torch.bool, device=x.device)
+        keep[torch.randperm(len(uniq), device=x.device)[:self.max_items]] = True
+        rows = keep[inv]
+        self.learn.xb, self.learn.yb = (x[rows],), (y[rows],)
 
 # %% ../nbs/05_learner.ipynb #f286bb79
 class FLMDistributedTrainer(DistributedTrainer):
