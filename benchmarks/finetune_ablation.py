@@ -95,11 +95,11 @@ def data_for(part, a):
     return memory_data(a), None
 
 def cold_metrics(model, test, train):
-    from fine_tuning_flm.evaluation import evaluate, seen_codes
-    cand = ~seen_codes(train)[1] & np.isin(np.arange(train.n_items), test.ratings.item.unique())
-    e = evaluate(model, test, train, metrics=['auc', 'ndcg'], k=10, cold=True, threshold=4, candidates=cand)
-    v = dict(zip(e.metric, e.value.astype(float)))
-    return dict(auc=v['AUC'], ndcg10=v['NDCG@10'], n_users=int(e.n.iloc[0]), n_cold_items=int(cand.sum()))
+    "`benchmarks/ranking.py`'s cold-item metrics (the same candidates and relevance), under this script's names."
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from ranking import cold_metrics as ranking_cold
+    v = ranking_cold(model, test, train)
+    return dict(auc=v['AUC'], ndcg10=v['NDCG@10'], n_users=v['n_users'], n_cold_items=v['n_cold_items'])
 
 def warm_metrics(model, test, train):
     from fine_tuning_flm.evaluation import evaluate
@@ -113,11 +113,9 @@ def load_stage1(path):
     class LoadStage1(Callback):
         order = -20
         def before_fit(self):
-            if sd is None: return
             missing, unexpected = self.learn.model.load_state_dict(sd, strict=False)
             bad = [k for k in missing if not k.startswith('i_text.')] + list(unexpected)
             if bad: raise RuntimeError(f"stage-1 weights do not fit: {bad[:5]}")
-            self.loaded = True
     return LoadStage1()
 
 def train(cfg, trn, a, seed, part, encoder=None):
@@ -177,8 +175,8 @@ def run_ranker(seed, a):
     if a.stage1 and not os.path.exists(a.stage1): a.stage1 = None
     if a.stage1:                                             # the warm part's frozen run of this seed: the same split and recipe
         from fine_tuning_flm.learner import train_flm
-        learn = train_flm(trn, None, objective='rank', text='frozen', epochs=0, progress=False, seed=seed, cbs=[load_stage1(a.stage1)], device=a.device)
-        learn.model.load_state_dict({k: v for k, v in torch.load(a.stage1).items()})
+        learn = train_flm(trn, None, objective='rank', text='frozen', epochs=0, progress=False, seed=seed, device=a.device)   # no fit: the weights are loaded
+        learn.model.load_state_dict(torch.load(a.stage1))
         r = dict(retriever='the warm part\'s frozen run, seed 0')
     else: learn, r = train('frozen', trn, a, seed, 'ranker')
     model = learn.model

@@ -151,21 +151,21 @@ class TrainableText(nn.Module):
         return out
 
     def _token_chunks(self, codes):
-        "Split `codes` (longest texts first) into chunks of at most `chunk_tokens` padded tokens; return the chunks and the order."
+        "Split `codes` (longest texts first) into chunks of at most `chunk_tokens` padded tokens: lists of positions in `codes`."
         order = sorted(range(len(codes)), key=lambda j: -len(self.tokens[codes[j]]))
         chunks, cur, width = [], [], 0
         for j in order:
             w = max(width, len(self.tokens[codes[j]]))
             if cur and w * (len(cur) + 1) > self.chunk_tokens: chunks.append(cur); cur, w = [], len(self.tokens[codes[j]])
             cur.append(j); width = w
-        return chunks + [cur], order
+        return chunks + [cur]
 
     def _encode(self, codes):
         """Vectors for a list of codes, with gradients if the encoder trains. Training runs the LM in chunks of at most `chunk_tokens`
         tokens; with more than one chunk each is checkpointed (its activations are recomputed in backward), so memory follows
         `chunk_tokens`, not the number of codes in the batch."""
         if not (torch.is_grad_enabled() and self.lm_trains()): return self._encode_chunk(codes)
-        chunks, _ = self._token_chunks(codes)
+        chunks = self._token_chunks(codes)
         if len(chunks) == 1: return self._encode_chunk(codes)
         from torch.utils.checkpoint import checkpoint
         out = [checkpoint(self._encode_chunk, [codes[j] for j in c], use_reentrant=False) for c in chunks]

@@ -94,7 +94,7 @@ def test_chunked_lm_memory_follows_chunk_tokens():
     enc = TextEncoder()
     texts = [f"Film number {i}. " + 'word ' * (i % 9) for i in range(30)]
     tower = TrainableText(trainable(enc, 'lora'), texts, chunk_tokens=40)
-    chunks, _ = tower._token_chunks(list(range(30)))
+    chunks = tower._token_chunks(list(range(30)))
     widths = [max(len(tower.tokens[c]) for c in ch) * len(ch) for ch in chunks]
     assert len(chunks) > 1 and max(widths) <= 40 and sorted(j for ch in chunks for j in ch) == list(range(30))
     tower.train(); tower.encoder.eval()
