@@ -354,6 +354,7 @@ def cmd_predict(a):
           + (f"; the {' and the '.join(cold)} had no training ratings: scored through the cold path" if cold else ''))
     return p
 
+# %% ../nbs/08a_cli.ipynb #bd7451e7
 def _recommend_all(rec, a) -> Path:
     "Every user's top k to the CSV `a.out`, chunk by chunk (one chunk of lists in memory at a time), renamed into place when complete."
     import numpy as np
@@ -383,6 +384,7 @@ def cmd_similar(a):
     print(top.to_string(index=False))
     return top
 
+# %% ../nbs/08a_cli.ipynb #c81e1ced
 def _typed_like(ids, catalogue):
     "New ids typed like the catalogue's: canonical integers become ints if the catalogue holds ints; the rest stay strings."
     from fine_tuning_flm.data import _CANONICAL_INT

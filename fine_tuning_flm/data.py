@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['MOVIELENS', 'ITEM_TEMPLATE', 'OFFICIAL_FOLDS', 'download_file', 'extract_dataset', 'movielens_path', 'Interactions',
            'clean_title', 'default_template', 'item_texts', 'load_movielens', 'synthetic_ratings', 'split_report',
-           'UserItems', 'favourite_items', 'user_texts', 'prompt']
+           'UserItems', 'favourite_items', 'item_titles', 'loved_text', 'user_texts', 'prompt']
 
 # %% ../nbs/01_data.ipynb #cf51ecdb
 import hashlib, re, shutil, urllib.request, warnings, zipfile, zlib
@@ -231,6 +231,7 @@ def _repeats(u, i, n_items) -> bool:
     k = np.sort(np.asarray(u, np.int64) * n_items + i)
     return bool((k[1:] == k[:-1]).any())
 
+# %% ../nbs/01_data.ipynb #9d8b3c81
 @patch(cls_method=True)
 def from_df(cls:Interactions, ratings:pd.DataFrame, items:pd.DataFrame|None=None, users:pd.DataFrame|None=None,
              user_col:str='user_id', # column of raw user ids (also the user table's key)
@@ -488,7 +489,20 @@ def synthetic_ratings(
                             'timestamp': rng.integers(789_652_009, 1_574_327_703, n_ratings)})
     return ratings, movies
 
-# %% ../nbs/01_data.ipynb #dfaf3289
+# %% ../nbs/01_data.ipynb #f1dc21ab
+_SPLITS = {}   # kind -> function(interactions, **kwargs) -> bool mask of the test rows
+
+@patch
+def split(self:Interactions,
+           kind:str='random', # 'random', 'official', 'temporal', 'stratified', 'recommenders', 'cold_items' or 'cold_users'
+           **kwargs): # valid_pct/seed (random), fold (official), n (temporal), valid_pct/by/seed (stratified), ratio/by/seed (recommenders), pct/seed (cold_*)
+    "Split the ratings into `(train, test)` sharing this vocabulary."
+    if kind not in _SPLITS: raise ValueError(f"unknown split {kind!r}; choose one of {list(_SPLITS)}")
+    test = _SPLITS[kind](self, **kwargs)
+    r = self.ratings
+    return self._like(r[~test], f'{self.name} train'), self._like(r[test], f'{self.name} test')
+
+# %% ../nbs/01_data.ipynb #afc13f9c
 def _exactly_one_back(test, groups, rng):
     "Move one test row back to train for every group that has no train row left."
     has_train = np.zeros(groups.max() + 1, bool); has_train[groups[~test]] = True
@@ -503,34 +517,9 @@ def _split_random(d, valid_pct=0.2, seed=0):
     rng = np.random.default_rng(seed); n = len(d)
     test = np.zeros(n, bool); test[rng.permutation(n)[:round(valid_pct*n)]] = True
     return _exactly_one_back(test, d.ratings.user.to_numpy(), rng)
+_SPLITS['random'] = _split_random
 
-def _split_stratified(d, valid_pct=0.25, by='user', seed=0):
-    if by not in ('user', 'item'): raise ValueError(f"stratified split: by must be 'user' or 'item', got {by!r}")
-    rng = np.random.default_rng(seed)
-    g = d.ratings[by].to_numpy()
-    order = np.lexsort((rng.random(len(g)), g))            # shuffled within each group
-    rank = np.empty(len(g), np.int64)
-    starts = np.r_[0, np.flatnonzero(np.diff(g[order])) + 1]
-    sizes = np.diff(np.r_[starts, len(g)])
-    rank[order] = np.arange(len(g)) - np.repeat(starts, sizes)
-    size = np.bincount(g)[g]
-    return rank >= np.round((1 - valid_pct) * size).clip(min=1)
-
-def _split_temporal(d, n=1):
-    if n < 1: raise ValueError(f"temporal split: n must be >= 1, got {n}")
-    r = d.ratings
-    order = np.lexsort((np.arange(len(r)), r.timestamp.to_numpy(), r.user.to_numpy()))
-    from_end = np.empty(len(r), np.int64)
-    from_end[order] = r.iloc[order].groupby('user', sort=False).cumcount(ascending=False).to_numpy()
-    size = r.groupby('user').user.transform('size').to_numpy()
-    return from_end < np.minimum(n, size - 1)
-
-def _split_cold(d, col, pct=0.2, seed=0):
-    rng = np.random.default_rng(seed)
-    seen = np.unique(d.ratings[col].to_numpy())
-    cold = rng.choice(seen, round(pct*len(seen)), replace=False)
-    return np.isin(d.ratings[col].to_numpy(), cold)
-
+# %% ../nbs/01_data.ipynb #3ae87b88
 OFFICIAL_FOLDS = ('u1', 'u2', 'u3', 'u4', 'u5', 'ua', 'ub')
 def _split_official(d, fold='u1'):
     if fold not in OFFICIAL_FOLDS: raise ValueError(f"official split: fold must be one of {OFFICIAL_FOLDS}, got {fold!r}")
@@ -546,20 +535,41 @@ def _split_official(d, fold='u1'):
     if not (mask | in_base).all() or (mask & in_base).any():   # a sample of ml-100k (`sample`) splits by the same files
         raise ValueError(f"{fold}.base/{fold}.test ({len(base):,}/{len(test):,}) do not partition {d.name} ({len(d):,} ratings)")
     return mask
+_SPLITS['official'] = _split_official
 
-_SPLITS = {'random': _split_random, 'official': _split_official, 'temporal': _split_temporal, 'stratified': _split_stratified,
-           'cold_items': lambda d, pct=0.2, seed=0: _split_cold(d, 'item', pct, seed),
-           'cold_users': lambda d, pct=0.2, seed=0: _split_cold(d, 'user', pct, seed)}
+# %% ../nbs/01_data.ipynb #a6295915
+def _split_temporal(d, n=1):
+    if n < 1: raise ValueError(f"temporal split: n must be >= 1, got {n}")
+    r = d.ratings
+    order = np.lexsort((np.arange(len(r)), r.timestamp.to_numpy(), r.user.to_numpy()))
+    from_end = np.empty(len(r), np.int64)
+    from_end[order] = r.iloc[order].groupby('user', sort=False).cumcount(ascending=False).to_numpy()
+    size = r.groupby('user').user.transform('size').to_numpy()
+    return from_end < np.minimum(n, size - 1)
+_SPLITS['temporal'] = _split_temporal
 
-@patch
-def split(self:Interactions,
-           kind:str='random', # 'random', 'official', 'temporal', 'stratified', 'recommenders', 'cold_items' or 'cold_users'
-           **kwargs): # valid_pct/seed (random), fold (official), n (temporal), valid_pct/by/seed (stratified), ratio/by/seed (recommenders), pct/seed (cold_*)
-    "Split the ratings into `(train, test)` sharing this vocabulary."
-    if kind not in _SPLITS: raise ValueError(f"unknown split {kind!r}; choose one of {list(_SPLITS)}")
-    test = _SPLITS[kind](self, **kwargs)
-    r = self.ratings
-    return self._like(r[~test], f'{self.name} train'), self._like(r[test], f'{self.name} test')
+# %% ../nbs/01_data.ipynb #4b33da2a
+def _split_stratified(d, valid_pct=0.25, by='user', seed=0):
+    if by not in ('user', 'item'): raise ValueError(f"stratified split: by must be 'user' or 'item', got {by!r}")
+    rng = np.random.default_rng(seed)
+    g = d.ratings[by].to_numpy()
+    order = np.lexsort((rng.random(len(g)), g))            # shuffled within each group
+    rank = np.empty(len(g), np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(g[order])) + 1]
+    sizes = np.diff(np.r_[starts, len(g)])
+    rank[order] = np.arange(len(g)) - np.repeat(starts, sizes)
+    size = np.bincount(g)[g]
+    return rank >= np.round((1 - valid_pct) * size).clip(min=1)
+_SPLITS['stratified'] = _split_stratified
+
+# %% ../nbs/01_data.ipynb #3709cffc
+def _split_cold(d, col, pct=0.2, seed=0):
+    rng = np.random.default_rng(seed)
+    seen = np.unique(d.ratings[col].to_numpy())
+    cold = rng.choice(seen, round(pct*len(seen)), replace=False)
+    return np.isin(d.ratings[col].to_numpy(), cold)
+_SPLITS['cold_items'] = lambda d, pct=0.2, seed=0: _split_cold(d, 'item', pct, seed)
+_SPLITS['cold_users'] = lambda d, pct=0.2, seed=0: _split_cold(d, 'user', pct, seed)
 
 # %% ../nbs/01_data.ipynb #c09a0ee7
 def _split_recommenders(d, ratio=0.75, by='item', seed=42):
@@ -689,6 +699,15 @@ def favourite_items(
     for u, items in top.items(): out[u] = items
     return out
 
+# %% ../nbs/01_data.ipynb #1f62695e
+def item_titles(items:pd.DataFrame) -> np.ndarray:
+    "Each item's title as `clean_title` writes it (its text, where there is no title column)."
+    return (items.title if 'title' in items.columns else items.text).map(clean_title).to_numpy()
+
+def loved_text(who:str, titles) -> str:
+    "The text of a user: who they are, then the titles they loved (just who they are when there are none)."
+    return f"{who} who loved {', '.join(titles)}" if len(titles) else who
+
 # %% ../nbs/01_data.ipynb #884bcccf
 _OCC_NONE = {'', 'none', 'other', 'nan'}
 def _demographics(row) -> str:
@@ -710,13 +729,13 @@ def user_texts(
     "One text per user code: demographics where known, then the user's favourite training titles."
     users = train.users if users is None else users
     if len(users) != train.n_users: raise ValueError(f"user_texts: users has {len(users):,} rows, the vocabulary {train.n_users:,}")
-    titles = (train.items.title if 'title' in train.items.columns else train.items.text).map(clean_title).to_numpy()
+    titles = item_titles(train.items)
     favs = favourite_items(train, n_titles, min_rating) if n_titles else [[]] * train.n_users
     has_demo = any(c in users.columns for c in ('age', 'gender', 'occupation'))
     out = []
     for row, fav in zip(users.to_dict('records'), favs):
         who = _demographics(row) if has_demo else 'a viewer'
-        out.append(f"{who} who loved {', '.join(titles[fav])}" if fav else who)
+        out.append(loved_text(who, titles[fav]))
     return out
 
 # %% ../nbs/01_data.ipynb #9559f043

@@ -218,17 +218,14 @@ def forward(self:FLM, x:torch.Tensor, cold:bool=False):
 def score(self:FLM, users, items, cold:bool=False) -> torch.Tensor:
     "Ranking scores <p_u, q_i> + c_i for user codes (B,) and item codes (B,) or (B, m); a rating model's predicted ratings."
     u = _as_codes(users, self.mu.device); i = torch.as_tensor(items, device=self.mu.device, dtype=torch.long)
-    was = self.training; self.eval()
-    try:
-        with torch.no_grad():
-            ku = self.seen_users[u].float() if cold else None
-            ki = self.seen_items[i].float() if cold else None
-            p, bu = self.user_side(u, ku)
-            q, b = self.item_parts(i, ki)
-            if i.ndim == 2: p, bu = p[:, None], bu[:, None]
-            s = (p * q).sum(-1)
-            return s + b[..., -1] if self.ranks else sigmoid_range(self.mu + bu + b[..., 0] + s, *self.y_range)
-    finally: self.train(was)
+    with evaluating(self), torch.no_grad():
+        ku = self.seen_users[u].float() if cold else None
+        ki = self.seen_items[i].float() if cold else None
+        p, bu = self.user_side(u, ku)
+        q, b = self.item_parts(i, ki)
+        if i.ndim == 2: p, bu = p[:, None], bu[:, None]
+        s = (p * q).sum(-1)
+        return s + b[..., -1] if self.ranks else sigmoid_range(self.mu + bu + b[..., 0] + s, *self.y_range)
 
 # %% ../nbs/04_factorization.ipynb #bf1959bf
 class FLMRegularizer(Callback):
@@ -286,9 +283,7 @@ def predict(self:FLM,
     u, i = _as_codes(users, dev), _as_codes(items, dev)
     if len(u) != len(i): raise ValueError(f"predict: {len(u):,} users but {len(i):,} items")
     self._check_codes(u, i, cold)
-    was = self.training; self.eval()
-    try: out = torch.cat([self.rate(torch.stack([u[s:s+bs], i[s:s+bs]], 1), cold=cold).float() for s in range(0, len(u), bs)]) if len(u) else torch.zeros(0)
-    finally: self.train(was)
+    with evaluating(self): out = torch.cat([self.rate(torch.stack([u[s:s+bs], i[s:s+bs]], 1), cold=cold).float() for s in range(0, len(u), bs)]) if len(u) else torch.zeros(0)
     return out.cpu().numpy()
 
 # %% ../nbs/04_factorization.ipynb #7ba7d29b
@@ -296,11 +291,7 @@ def predict(self:FLM,
 @torch.no_grad()
 def _item_table(self:FLM, cold:bool=False):
     "Effective q and biases (rating, then ranking) of every item; with `cold`, unseen items are text-only."
-    was = self.training; self.eval()
-    try:
-        items = torch.arange(self.n_items, device=self.mu.device)
-        return self.item_parts(items, self.seen_items.float() if cold else None)
-    finally: self.train(was)
+    with evaluating(self): return self.item_parts(torch.arange(self.n_items, device=self.mu.device), self.seen_items.float() if cold else None)
 
 @patch
 @torch.no_grad()
@@ -311,9 +302,7 @@ def score_items(self:FLM, users, cold:bool=False, item_table=None,
     u = _as_codes(users, self.mu.device)
     self._check_codes(u, None, cold)
     q, b = item_table if item_table is not None else self._item_table(cold)
-    was = self.training; self.eval()
-    try: p, bu = self.user_side(u, self.seen_users[u].float() if cold else None)
-    finally: self.train(was)
+    with evaluating(self): p, bu = self.user_side(u, self.seen_users[u].float() if cold else None)
     return self._scores(p, bu, q, b, ratings, u)
 
 @patch

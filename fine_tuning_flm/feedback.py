@@ -45,9 +45,7 @@ def _add_users(self:Recommender, ids):
 def _set_user(self:FLM, u:int, p:torch.Tensor, b:torch.Tensor):
     "Make user code `u`'s effective vector and bias (p, b): its ID rows absorb the difference, its text and history stay."
     c = torch.tensor([u], device=self.mu.device)
-    was = self.training; self.eval()
-    try: p_now, b_now = self.user_side(c)
-    finally: self.train(was)
+    with evaluating(self): p_now, b_now = self.user_side(c)
     self.u_weight.weight[u] += p.to(p_now.dtype) - p_now[0]
     self.u_bias.weight[u] += b.to(b_now.dtype) - b_now[0]
     self.seen_users[u] = True
@@ -160,6 +158,7 @@ def popularity(rec, u, scores, k, rng):
     counts = torch.as_tensor(np.bincount(rec.history.items, minlength=rec.model.n_items), dtype=torch.float64)
     return _top(counts.masked_fill(~torch.isfinite(scores), -torch.inf), k)
 
+# %% ../nbs/08_feedback.ipynb #5184eb40
 @patch
 def user_posterior(self:Recommender, u:int) -> tuple:
     "(mean, covariance) of user code `u`'s vector: the model's vector, with the covariance of a fold-in from all their ratings (the prior's alone if none)."
@@ -238,6 +237,7 @@ def simulate(rec:Recommender, # trained without the simulated users (e.g. on a `
             if revealed: rec.update(pd.DataFrame({'user': [uid] * len(revealed), 'item': rec.items.id[revealed].tolist(), 'rating': [truth[i] for i in revealed]}))
     return pd.DataFrame(rows).assign(policy=name, seed=seed)
 
+# %% ../nbs/08_feedback.ipynb #c2756237
 def simulation_report(runs:pd.DataFrame, n_items:int) -> pd.DataFrame:
     "Per policy: cumulative clicks per user at the last round (mean and std over seeds) and catalogue coverage (distinct items shown / catalogue)."
     per_seed = runs.groupby(['policy', 'seed']).apply(lambda d: pd.Series({'clicks per user': d.clicks.sum() / d.user.nunique(),

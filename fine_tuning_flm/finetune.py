@@ -7,22 +7,19 @@ __all__ = ['TrainableEncoder', 'trainable', 'TrainableText', 'TwoTower', 'lm_spl
            'PromptRanker', 'prompt_pairs', 'prompt_ranker_learner']
 
 # %% ../nbs/03_finetune.ipynb #a2d27cc6
-import copy, json, math, warnings
+import copy, math, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from fastai.callback.core import Callback
 from fastai.callback.schedule import *
 from fastai.callback.progress import *
-from fastai.callback.fp16 import *
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastai.layers import sigmoid_range
-from safetensors.torch import save as st_save, load as st_load
 from fastcore.basics import patch
 
 from .core import *
@@ -90,9 +87,7 @@ def encode_tokens(self:TrainableEncoder, input_ids, attention_mask):
 def lower(self:TrainableEncoder, input_ids, attention_mask):
     "top_k: the hidden states entering the first trainable layer (frozen part, no gradients)."
     m, L = self.base, len(_bert_layers(self.base))
-    was = m.training; m.eval()            # the frozen half is deterministic: no dropout
-    try: out = m(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-    finally: m.train(was)
+    with evaluating(m): out = m(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)   # the frozen half is deterministic: no dropout
     return out.hidden_states[L - self.k]
 
 @patch
@@ -190,9 +185,7 @@ class TrainableText(nn.Module):
     def table(self) -> torch.Tensor:
         "All vectors, computed without gradients and cached until the weights change."
         if self._table is None:
-            was = self.encoder.training; self.encoder.eval()
-            with torch.no_grad(): self._table = torch.cat([self._encode(c) for c in self._chunks(list(range(len(self))))]).float()
-            self.encoder.train(was)
+            with evaluating(self.encoder), torch.no_grad(): self._table = torch.cat([self._encode(c) for c in self._chunks(list(range(len(self))))]).float()
         return self._table
 
     def forward(self, codes:torch.Tensor) -> torch.Tensor:
@@ -217,29 +210,12 @@ def config(self:TrainableEncoder) -> dict:
 @patch
 def save(self:TrainableEncoder, path:str|Path) -> Path:
     "Save the trained weights (and how to rebuild the encoder) to a safetensors file."
-    sd = {k: v.cpu() for k, v in self.trained_state().items()}
-    with atomic_write(path) as f: f.write(st_save(sd, metadata={'flm_trainable': json.dumps(self.config())}))
-    return Path(path)
-
-def _read_st(path):
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"no file at {str(path)!r}")
-    try:
-        with safe_open(str(path), 'pt') as f: meta = f.metadata() or {}
-        return st_load(path.read_bytes()), meta
-    except Exception as e: raise ValueError(f"{path.name}: not a readable safetensors file ({e})") from e
-
-def _read_saved(path, key, writer):
-    "Tensors and config of a file written by `writer`, which stores its config as JSON under metadata `key`."
-    sd, meta = _read_st(path)
-    if key not in meta: raise ValueError(f"{Path(path).name} was not written by {writer}")
-    return sd, json.loads(meta[key])
+    return save_safetensors(path, self.trained_state(), flm_trainable=self.config())
 
 @patch(cls_method=True)
 def load(cls:TrainableEncoder, path:str|Path, encoder:TextEncoder|None=None) -> TrainableEncoder:
     "Rebuild a `TrainableEncoder` saved with `save`, on `encoder` (default: the one named in the file)."
-    sd, cfg = _read_saved(path, 'flm_trainable', 'TrainableEncoder.save')
+    sd, cfg = load_safetensors(path, 'flm_trainable', 'TrainableEncoder.save')
     if encoder is None: encoder = TextEncoder(cfg['model'], pooling=cfg['pooling'], max_length=cfg['max_length'], normalize=cfg['normalize'])
     te = cls(encoder, cfg['mode'], cfg['k'], cfg['r'], cfg['alpha'], cfg['dropout'], cfg['target_modules'])
     if te.mode == 'lora':
@@ -319,8 +295,7 @@ def finetune_learner(
     if accumulate: cbs.append(GradientAccumulation(accumulate))
     dls = DataLoaders(_tensor_dl(train, bs, True), _tensor_dl(valid, bs, False), device=device)
     learn = Learner(dls, model.to(device), loss_func=F.mse_loss, splitter=lm_splitter, cbs=cbs, **(learner_kwargs or {}))
-    if device.type == 'cuda': learn = learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
-    return learn
+    return mixed_precision(learn, device)
 
 # %% ../nbs/03_finetune.ipynb #ccce451d
 def finetune_encoder(
@@ -379,17 +354,15 @@ class PromptRanker(nn.Module):
 def score(self:PromptRanker, user_texts:list, item_texts:list, bs:int=64) -> np.ndarray:
     "Logits for (user text, item text) pairs: higher means more likely to be liked."
     if len(user_texts) != len(item_texts): raise ValueError(f"PromptRanker.score: {len(user_texts)} user texts but {len(item_texts)} item texts")
-    was = self.training; self.eval()
     dev = next(self.parameters()).device
     prompts = [prompt(u, i) for u, i in zip(user_texts, item_texts)]
     order = np.argsort([len(p) for p in prompts])
     out = np.empty(len(prompts), np.float32)
-    try:
+    with evaluating(self):
         for s in range(0, len(order), bs):
             idx = order[s:s + bs]
             ids, mask = self.tokenize([prompts[j] for j in idx])
             out[idx] = self(ids.to(dev), mask.to(dev)).float().cpu().numpy()
-    finally: self.train(was)
     return out
 
 @patch
@@ -415,10 +388,8 @@ def prompt_pairs(
     if max_pairs is not None and len(r) > max_pairs: r = r.iloc[rng.choice(len(r), max_pairs, replace=False)]
     favs = favourite_items(train, n_titles + 1)
     demo = user_texts(train, n_titles=0)
-    titles = (train.items.title if 'title' in train.items.columns else train.items.text).map(clean_title).to_numpy()
-    def utext(u, exclude):
-        f = [i for i in favs[u] if i != exclude][:n_titles]
-        return f"{demo[u]} who loved {', '.join(titles[f])}" if f else demo[u]
+    titles = item_titles(train.items)
+    def utext(u, exclude): return loved_text(demo[u], titles[[i for i in favs[u] if i != exclude][:n_titles]])
     users, items = r.user.to_numpy(), r.item.to_numpy()
     labels = (r.rating.to_numpy() >= threshold).astype(np.float32)
     n_neg = int(round(neg_ratio * labels.sum()))
@@ -459,24 +430,21 @@ def prompt_ranker_learner(train:Interactions, valid:Interactions, ranker:PromptR
         return DataLoader(_PromptDS(u, i, y), bs=bs, shuffle=shuffle, create_batch=collate)
     dls = DataLoaders(dl(train, True, max_pairs, hard), dl(valid, False, None if max_pairs is None else max(max_pairs//4, 1)), device=device)
     learn = Learner(dls, ranker.to(device), loss_func=nn.BCEWithLogitsLoss(), **kwargs)
-    if device.type == 'cuda': learn = learn.to_bf16() if torch.cuda.is_bf16_supported() else learn.to_fp16()
-    return learn
+    return mixed_precision(learn, device)
 
 # %% ../nbs/03_finetune.ipynb #f0d34c93
 @patch
 def save(self:PromptRanker, path:str|Path) -> Path:
     "Save the adapters and the classifier (safetensors), with the settings to rebuild the ranker."
     from peft import get_peft_model_state_dict
-    sd = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
     cfg = dict(model=self.name, r=self.r, alpha=self.alpha, dropout=self.dropout, max_length=self.max_length, target_modules=list(self.target_modules))
-    with atomic_write(path) as f: f.write(st_save(sd, metadata={'flm_prompt_ranker': json.dumps(cfg)}))
-    return Path(path)
+    return save_safetensors(path, get_peft_model_state_dict(self.model), flm_prompt_ranker=cfg)
 
 @patch(cls_method=True)
 def load(cls:PromptRanker, path:str|Path, model:str|None=None) -> PromptRanker:
     "Load a ranker saved with `save` (on `model`, default: the base model named in the file)."
     from peft import set_peft_model_state_dict
-    sd, cfg = _read_saved(path, 'flm_prompt_ranker', 'PromptRanker.save')
+    sd, cfg = load_safetensors(path, 'flm_prompt_ranker', 'PromptRanker.save')
     pr = cls(model or cfg['model'], cfg['r'], cfg['alpha'], cfg['dropout'], cfg['max_length'], cfg['target_modules'])
     res = set_peft_model_state_dict(pr.model, sd)
     if getattr(res, 'unexpected_keys', None): raise ValueError(f"{Path(path).name}: adapter weights do not fit: {res.unexpected_keys[:3]}")

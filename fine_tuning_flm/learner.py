@@ -9,7 +9,7 @@ __all__ = ['LM_LR', 'FLM_RECIPE', 'RANK_RECIPE', 'OBJECTIVES', 'pair_keys', 'sam
            'flm_learner', 'resume', 'recipe', 'train_flm', 'CapItems', 'FLMDistributedTrainer', 'distributed']
 
 # %% ../nbs/05_learner.ipynb #8146d38a
-import ctypes, json
+import ctypes
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,14 +24,13 @@ from fastai.callback.training import GradientAccumulation
 from fastai.callback.tracker import TrackerCallback, EarlyStoppingCallback
 from fastai.callback.schedule import *
 from fastai.callback.progress import *
-from fastai.callback.fp16 import *
 from fastai.torch_core import rank_distrib, num_distrib
 from fastai.distributed import DistributedTrainer
-from safetensors.torch import save as st_save, load as st_load
 from fastcore.foundation import L
 from fastcore.meta import delegates
 
 from .core import *
+from .core import mixed_precision as _mixed_precision   # `flm_learner`'s argument of the same name hides it
 from .data import *
 from .embeddings import *
 from .finetune import *
@@ -263,21 +262,14 @@ def save_checkpoint(learn:Learner, path:str|Path, with_opt:bool=True, **meta) ->
         tensors.update(ot)
         tensors['rng.torch'] = torch.get_rng_state()
         if torch.cuda.is_available(): tensors.update({f'rng.cuda.{i}': s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    tensors = {k: v.cpu() for k, v in tensors.items()}
-    with atomic_write(path) as f: f.write(st_save(tensors, metadata={'flm': json.dumps(header)}))
-    return Path(path)
+    return save_safetensors(path, tensors, flm=header)
 
 # %% ../nbs/05_learner.ipynb #0e94a13c
 def load_checkpoint(learn:Learner, path:str|Path, with_opt:bool=True) -> dict:
     "Load a checkpoint written by `save_checkpoint` into `learn`; returns its metadata."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    raw = path.read_bytes()
-    try:
-        from safetensors import safe_open
-        with safe_open(str(path), 'pt') as f: header = json.loads((f.metadata() or {}).get('flm', '{}'))
-        tensors = st_load(raw)
-    except Exception as e: raise ValueError(f"{path.name}: not a readable checkpoint ({e})") from e
+    tensors, header = load_safetensors(path, 'flm', 'save_checkpoint')
     model = _bare(learn.model)
     sd = {k[6:]: v for k, v in tensors.items() if k.startswith('model.')}
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -417,9 +409,7 @@ def flm_learner(
     kwargs.setdefault('wd', 0.0)
     loss = FLMLoss(model, log_q(model, train, neg_alpha) if logq else None)
     learn = Learner(dls, model.to(device), loss_func=loss, metrics=flm_metrics(model, train, valid, k), cbs=cbs, path=path, model_dir=model_dir, **kwargs)
-    if mixed_precision or (mixed_precision is None and device.type == 'cuda'):
-        learn = learn.to_bf16() if device.type == 'cuda' and torch.cuda.is_bf16_supported() else learn.to_fp16()
-    return learn
+    return _mixed_precision(learn, device, mixed_precision)
 
 # %% ../nbs/05_learner.ipynb #03f0fb80
 def resume(learn:Learner, fname:str='flm') -> int:

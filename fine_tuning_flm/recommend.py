@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save as st_save, load as st_load
 from fastcore.basics import patch
 from fastai.layers import sigmoid_range
 
@@ -108,7 +107,7 @@ class Recommender:
 def seen(self:Recommender) -> torch.Tensor:
     "The (n, 2) (user, item) code pairs of the training ratings, read from `history`."
     h = self._history()
-    return torch.from_numpy(np.stack([np.repeat(np.arange(len(h.ptr) - 1), np.diff(h.ptr)), h.items], 1))
+    return torch.from_numpy(np.stack(h.rows(np.arange(len(h.ptr) - 1)), 1))
 
 @patch
 def _history(self:Recommender) -> UserItems:
@@ -565,16 +564,16 @@ def save(self:Recommender, path:str|Path) -> Path:
     path = Path(path)
     items, ikinds = _table_bytes(self.items)
     users, ukinds = _table_bytes(self.users)
-    sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+    sd = self.model.state_dict()
     enc = _encoder_args(self)
     meta = dict(flm=self.model.config(), scale=list(self.scale), encoder=enc, fine_tuned=self.trained_encoder is not None)
     h = self._history()
     with folder_lock(path):
         _check_target(path)
         with atomic_dir(path) as tmp:
-            files = {'model.safetensors': _put(tmp/'model.safetensors', st_save(sd, metadata={'flm_recommender': json.dumps(meta)})),
-                     'history.safetensors': _put(tmp/'history.safetensors', st_save(_history_tensors(h, self.model.n_items))),
-                     'new_ratings.safetensors': _put(tmp/'new_ratings.safetensors', st_save(_new_tensors(self.new_ratings)))}
+            files = {'model.safetensors': _put(tmp/'model.safetensors', safetensors_bytes(sd, flm_recommender=meta)),
+                     'history.safetensors': _put(tmp/'history.safetensors', safetensors_bytes(_history_tensors(h, self.model.n_items))),
+                     'new_ratings.safetensors': _put(tmp/'new_ratings.safetensors', safetensors_bytes(_new_tensors(self.new_ratings)))}
             files['items.csv'], files['users.csv'] = _put(tmp/'items.csv', items), _put(tmp/'users.csv', users)
             if self.trained_encoder is not None:
                 raw = self.trained_encoder.save(tmp/'encoder.safetensors').read_bytes()
@@ -615,6 +614,7 @@ def _read_manifest(path:Path) -> dict:
     if not isinstance(t, dict) or not (ok(t.get('items')) and ok(t.get('users'))): raise ValueError(f"{fn}: the column types of the tables are missing or unknown")
     return m
 
+# %% ../nbs/07_recommend.ipynb #2770bc5d
 def _verified(path:Path, m:dict) -> dict:
     "{file name: bytes} of every file the manifest lists, each checked against its size and SHA-256."
     out = {}
@@ -646,15 +646,16 @@ def _on_scale(fn, r:np.ndarray, scale):
     bad = ~((r >= scale[0]) & (r <= scale[1]))
     if bad.any(): raise ValueError(f"{fn}: {int(bad.sum()):,} rating(s) outside the scale [{scale[0]:g}, {scale[1]:g}], e.g. {_show(r[bad][0])}")
 
+# %% ../nbs/07_recommend.ipynb #617c4783
 def _ratings_from(raw:dict, path:Path, m:dict, c:dict, scale) -> tuple:
     "(history, new_ratings) from their files, every code and rating checked."
     fn, n = path/'history.safetensors', m['n_ratings']
-    t = {k: v.numpy() for k, v in st_load(raw['history.safetensors']).items()}
+    t = {k: v.numpy() for k, v in load_safetensors(raw['history.safetensors'])[0].items()}
     ptr, items, ratings = t['ptr'].astype(np.int64), t['items'].astype(np.int64), t['ratings'].astype(np.float32)
     if ptr[0] != 0 or ptr[-1] != n or (np.diff(ptr) < 0).any(): raise ValueError(f"{fn}: its row pointers do not index {n:,} ratings")
     _in_range(fn, 'item', items, c['n_items']); _on_scale(fn, ratings, scale)
     fn = path/'new_ratings.safetensors'
-    new = pd.DataFrame({k: v.numpy() for k, v in st_load(raw['new_ratings.safetensors']).items()})[list(_NEW)]
+    new = pd.DataFrame({k: v.numpy() for k, v in load_safetensors(raw['new_ratings.safetensors'])[0].items()})[list(_NEW)]
     _in_range(fn, 'user', new.user.to_numpy(), c['n_users']); _in_range(fn, 'item', new.item.to_numpy(), c['n_items'])
     _on_scale(fn, new.rating.to_numpy(), scale)
     return UserItems.from_csr(ptr, items, ratings), new
@@ -676,6 +677,7 @@ def _shapes(c:dict, fn) -> dict:
         with torch.device('meta'): return {k: tuple(v.shape) for k, v in FLM.from_config(c).state_dict().items()}
     except (TypeError, ValueError) as e: raise ValueError(f"{fn}: its settings do not build an FLM of this version ({' '.join(str(e).split())})") from None
 
+# %% ../nbs/07_recommend.ipynb #cbced242
 @patch(cls_method=True)
 def load(cls:Recommender, path:str|Path) -> Recommender:
     "Load a `Recommender` saved with `save`, after checking every file against the manifest."
@@ -701,7 +703,7 @@ def load(cls:Recommender, path:str|Path) -> Recommender:
         if t.id.duplicated().any(): raise ValueError(f"{path/name}.csv: repeats the id {_show(t.id[t.id.duplicated()].iloc[0])}")
     if s['fine_tuned'] and 'encoder.safetensors' not in raw: raise ValueError(f"{path}: a fine-tuned model without encoder.safetensors")
     history, new = _ratings_from(raw, path, m, c, tuple(s['scale']))
-    sd = st_load(raw['model.safetensors'])
+    sd = load_safetensors(raw['model.safetensors'])[0]
     model = FLM.from_config(c)
     for k in sized: setattr(model.get_submodule(k.rpartition('.')[0]), k.rpartition('.')[2], sd[k])
     model.load_state_dict(sd)

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 from fastai.callback.core import Callback
 
-from fine_tuning_flm.data import load_movielens
 from fine_tuning_flm.embeddings import TextEncoder
 from fine_tuning_flm.finetune import trainable, TrainableText, prompt_pairs
 from fine_tuning_flm.learner import train_flm, CapItems
@@ -14,11 +13,7 @@ from fine_tuning_flm.recommend import Recommender
 DATA = Path(os.environ.get('FLM_DATA', '../shared/data'))
 pytestmark = pytest.mark.skipif(not (DATA/'ml-100k').exists(), reason='set FLM_DATA to the folder holding ml-100k')
 
-@pytest.fixture(scope='module')
-def tiny():
-    "About 1,000 ratings of 10 users."
-    d = load_movielens('ml-100k').sample(0.01, seed=3)
-    return d.split('random', valid_pct=0.2, seed=0)
+# `tiny` (about 1,000 ratings of 10 users) comes from conftest.py
 
 class Snap(Callback):
     "At the start and end of every fit: the model's weights, its negatives, the loss's logQ and the callbacks in use."

@@ -5,18 +5,13 @@ from pathlib import Path
 import pandas as pd, pytest, torch
 
 from fine_tuning_flm.core import set_seed
-from fine_tuning_flm.data import load_movielens
 from fine_tuning_flm.learner import flm_learner, LM_LR
 from fine_tuning_flm.recommend import Recommender
 
 DATA = Path(os.environ.get('FLM_DATA', '../shared/data'))
 pytestmark = pytest.mark.skipif(not (DATA/'ml-100k').exists(), reason='set FLM_DATA to the folder holding ml-100k')
 
-@pytest.fixture(scope='module')
-def tiny():
-    "About 1,000 ratings of 10 users: one training batch, a few hundred unique items."
-    d = load_movielens('ml-100k').sample(0.01, seed=3)
-    return d.split('random', valid_pct=0.2, seed=0)
+# `tiny` (about 1,000 ratings of 10 users) comes from conftest.py
 
 def _one_joint_step(trn, tst, mode):
     set_seed(0)

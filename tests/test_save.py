@@ -208,7 +208,7 @@ def test_a_changed_folder_is_refused(tmp_path, monkeypatch, case):
         if torch.get_default_device().type != 'meta': built.append(c)
         return real(c)
     monkeypatch.setattr(FLM, 'from_config', spy)
-    monkeypatch.setattr(R, 'st_load', lambda *a, **k: built.append('tensors'))
+    monkeypatch.setattr(R, 'load_safetensors', lambda *a, **k: built.append('tensors'))
     with pytest.raises(ValueError) as e: Recommender.load(m)
     msg = str(e.value)
     assert '\n' not in msg and re.search(reason, msg), msg
