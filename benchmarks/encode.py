@@ -3,9 +3,17 @@
 
 Encodes the same ml-latest-small item texts (title, genres, tags) with both, alternating them round by round in
 one process so that both see the same machine load, and prints texts/s for each and their ratio. Then:
-the reduced precisions (bf16 on a CPU, fp16 and bf16 on CUDA: texts/s against fp32 and the minimum
-cosine of their vectors to the fp32 ones over all texts), and the speed-up of a cached second
-`encode(..., cache=True)` over the first.
+the reduced precisions (bf16 on a CPU, fp16 and bf16 on CUDA; `int8` on request: texts/s against fp32, the
+minimum cosine of their vectors to the fp32 ones over all texts, and how many of each text's 10 nearest
+fp32 neighbours they keep), and the speed-up of a cached second `encode(..., cache=True)` over the first.
+
+`int8` is not a `TextEncoder` precision: it is the study `02_embeddings` summarises. `int8_linears` below swaps
+every `nn.Linear` of the model, for a `with` block, for a layer with int8 weights (one scale per output row)
+and int8 activations (one scale per token, the "vector-wise" quantization of LLM.int8()), multiplied by
+`torch._int_mm` into int32. PyTorch's `quantize_dynamic` takes one activation scale for a whole batch, and the
+few tokens with huge activations that transformers are known for leave the others little of int8's range.
+With `int8`, fp32 and int8 are also timed on one thread, where int8's faster products are not hidden by
+float32's better use of several cores.
 
     python benchmarks/encode.py                    # all 9,742 texts, batch 32, 3 rounds
     python benchmarks/encode.py --n 3000 --rounds 5
@@ -13,9 +21,46 @@ cosine of their vectors to the fp32 ones over all texts), and the speed-up of a 
 
 Machine load skews timings: the load average is printed before and after; re-run when it is high.
 """
-import argparse, json, os, platform, statistics, sys, tempfile, time, warnings
+import argparse, contextlib, json, os, platform, statistics, sys, tempfile, time, warnings
 
 import torch
+from torch import nn
+
+
+class _Int8Linear(nn.Module):
+    "Inference stand-in for an `nn.Linear`: int8 weights (a scale per output), int8 activations (a scale per token), int32 products."
+    def __init__(self, lin:nn.Linear):
+        super().__init__()
+        w = lin.weight.detach().float()
+        self.sw = w.abs().amax(1).clamp(min=1e-8) / 127
+        self.wq = (w / self.sw[:, None]).round_().clamp_(-127, 127).to(torch.int8).t()
+        self.b = None if lin.bias is None else lin.bias.detach().float()
+    def forward(self, x):
+        shape = x.shape; x = x.reshape(-1, shape[-1]).float()
+        sx = x.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127
+        y = torch._int_mm((x / sx).round_().to(torch.int8), self.wq).float().mul_(sx).mul_(self.sw)
+        if self.b is not None: y.add_(self.b)
+        return y.reshape(*shape[:-1], -1)
+
+
+@contextlib.contextmanager
+def int8_linears(model:nn.Module):
+    "Inside the block, every `nn.Linear` of `model` is an `_Int8Linear` made from its current weights."
+    swapped = []
+    try:
+        for mod in list(model.modules()):
+            for name, child in list(mod.named_children()):
+                if isinstance(child, nn.Linear): setattr(mod, name, _Int8Linear(child)); swapped.append((mod, name, child))
+        yield
+    finally:
+        for mod, name, child in swapped: setattr(mod, name, child)
+
+
+def _neighbours_kept(v, ref, k=10):
+    "Per text: the share of its `k` nearest neighbours under `ref` that are also among its `k` nearest under `v`."
+    top = lambda x: (x @ x.T).fill_diagonal_(-2).topk(k, dim=1).indices
+    a, b = top(v.float()), top(ref.float())
+    return (a[:, :, None] == b[:, None, :]).any(-1).float().mean(1)
 
 
 def _rate(f, n):
@@ -25,8 +70,16 @@ def _rate(f, n):
 
 
 def _int8(enc, texts):
-    from fine_tuning_flm.embeddings import int8_linears
     with int8_linears(enc.model): return enc.encode(texts, progress=False)
+
+
+def _cpu() -> dict:
+    "The CPU's model name and the instruction-set flags that decide bf16 and int8 speed (Linux; empty elsewhere)."
+    try: info = open('/proc/cpuinfo').read()
+    except OSError: return {}
+    name = next((l.split(':', 1)[1].strip() for l in info.splitlines() if l.startswith('model name')), platform.processor())
+    flags = next((l.split(':', 1)[1].split() for l in info.splitlines() if l.startswith('flags')), [])
+    return dict(model=name, flags=sorted(f for f in set(flags) if 'bf16' in f or 'vnni' in f or f.startswith('amx')))
 
 
 def _load():
@@ -41,7 +94,7 @@ def main(argv=None):
     p.add_argument('--max-length', type=int, default=64, help='token limit, for both encoders (default 64)')
     p.add_argument('--dataset', default='ml-latest-small', help="MovieLens dataset whose item texts are encoded")
     p.add_argument('--precisions', default=None,
-                   help="comma-separated extra TextEncoder precisions to time (default: 'bf16' on a CPU, 'fp16,bf16' on CUDA; '' for none); 'int8' times 02's int8_linears")
+                   help="comma-separated extra TextEncoder precisions to time (default: 'bf16' on a CPU, 'fp16,bf16' on CUDA; '' for none); 'int8' times this script's int8_linears")
     p.add_argument('--device', default=None, help="'cpu' or 'cuda' (default: `default_device()`)")
     p.add_argument('--out', default=None, help='also write every number here as JSON')
     a = p.parse_args(argv)
@@ -62,7 +115,7 @@ def main(argv=None):
     n, dev = len(texts), default_device(a.device)
     print(f'{n:,} {a.dataset} item texts, batch {a.batch_size}, max_length {a.max_length}, {a.rounds} rounds, '
           f'device {dev}, torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.processor() or platform.machine()}')
-    print(f'load average before: {_load()}')
+    print(f'load average before: {_load()}; CPU {_cpu()}')
 
     st = SentenceTransformer(str(bundled_model_path()), device=str(dev))
     st.max_seq_length = a.max_length
@@ -72,7 +125,7 @@ def main(argv=None):
     precs = a.precisions if a.precisions is not None else ('fp16,bf16' if dev.type == 'cuda' else 'bf16')
     extra = {}
     for prec in filter(None, (x.strip() for x in precs.split(','))):
-        if prec == 'int8':      # not a TextEncoder precision (02_embeddings explains why): the int8_linears tool
+        if prec == 'int8':      # not a TextEncoder precision (02_embeddings explains why): int8_linears above
             extra[prec] = TextEncoder(max_length=a.max_length, batch_size=a.batch_size, device=dev)
             encs['TextEncoder int8'] = (lambda e: lambda: _int8(e, texts))(extra[prec])
             continue
@@ -90,7 +143,7 @@ def main(argv=None):
         print(f'round {r+1}: ' + ', '.join(f'{k} {v[-1]:,.0f}/s' for k, v in rates.items()))
     res = dict(command='python benchmarks/encode.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), n=n,
                batch_size=a.batch_size, max_length=a.max_length, device=str(dev), torch=torch.__version__,
-               threads=torch.get_num_threads(), load_before=_load(), rounds=rates)
+               threads=torch.get_num_threads(), cpu=_cpu(), load_before=_load(), rounds=rates)
     med = {k: statistics.median(v) for k, v in rates.items()}
 
     ref, ours = out['sentence-transformers'].float(), out['TextEncoder fp32']
@@ -101,10 +154,23 @@ def main(argv=None):
     print(f'TextEncoder fp32 / sentence-transformers: {med["TextEncoder fp32"]/med["sentence-transformers"]:.2f}x '
           f'(max cosine distance between their vectors {dist:.1e})')
     for prec in extra:
-        cos = (out[f'TextEncoder {prec}'] * ours).sum(1)
-        res['precisions'][prec] = dict(ratio_vs_fp32=med[f"TextEncoder {prec}"]/med["TextEncoder fp32"], min_cos=cos.min().item(), mean_cos=cos.mean().item())
+        v = out[f'TextEncoder {prec}'].float()
+        cos = (v * ours).sum(1)
+        kept = _neighbours_kept(v, ours) if n > 10 else torch.ones(n)
+        res['precisions'][prec] = dict(ratio_vs_fp32=med[f"TextEncoder {prec}"]/med["TextEncoder fp32"], min_cos=cos.min().item(), mean_cos=cos.mean().item(),
+                                       neighbours_kept=kept.mean().item(), share_keeping_8_of_10=(kept >= 0.8).float().mean().item())
         print(f'TextEncoder {prec} / fp32: {med[f"TextEncoder {prec}"]/med["TextEncoder fp32"]:.2f}x '
-              f'(min cosine to the fp32 vectors {cos.min().item():.4f} over all {n:,} texts, mean {cos.mean().item():.5f})')
+              f'(min cosine to the fp32 vectors {cos.min().item():.4f} over all {n:,} texts, mean {cos.mean().item():.5f}; '
+              f'{kept.mean().item():.1%} of the 10 nearest fp32 neighbours kept, {(kept >= 0.8).float().mean().item():.1%} of texts keep 8 or more)')
+    if 'int8' in extra and dev.type == 'cpu':
+        threads, one = torch.get_num_threads(), texts[:min(n, 1000)]
+        torch.set_num_threads(1)
+        t32, t8 = [], []
+        for _ in range(a.rounds):                     # alternating, as above
+            t32.append(_rate(lambda: enc.encode(one, progress=False), len(one))[0]); t8.append(_rate(lambda: _int8(extra['int8'], one), len(one))[0])
+        torch.set_num_threads(threads)
+        res['int8_one_thread'] = dict(n=len(one), fp32=statistics.median(t32), int8=statistics.median(t8), ratio=statistics.median(t8)/statistics.median(t32))
+        print(f"one thread, {len(one):,} texts: fp32 {res['int8_one_thread']['fp32']:,.0f}/s, int8 {res['int8_one_thread']['int8']:,.0f}/s: int8 is {res['int8_one_thread']['ratio']:.2f}x fp32")
 
     old_cache = os.environ.get('FLM_CACHE')
     with tempfile.TemporaryDirectory() as d:

@@ -6,7 +6,7 @@
 __all__ = ['RATING_METRICS', 'RANKING_METRICS', 'METRICS', 'rmse', 'mae', 'auc', 'catalog_coverage', 'intra_list_diversity',
            'self_information', 'novelty', 'check_vocabulary', 'seen_codes', 'Baseline', 'GlobalMean', 'UserMean',
            'Biases', 'MostPopular', 'ContentKNN', 'top_items', 'metric_label', 'popularity_buckets', 'evaluate',
-           'compare', 'precision_at_k', 'recall_at_k', 'ndcg_at_k', 'map_at_k', 'hit_rate_at_k', 'mrr']
+           'compare', 'SurpriseSVD', 'precision_at_k', 'recall_at_k', 'ndcg_at_k', 'map_at_k', 'hit_rate_at_k', 'mrr']
 
 # %% ../nbs/06_evaluation.ipynb #40ac0bd9
 import numpy as np
@@ -544,3 +544,26 @@ def compare(models:dict, # name -> fitted model following the protocol
     for ax in axs[0][1:]: ax.set_yticklabels([])
     fig.tight_layout()
     return table, axs[0]
+
+# %% ../nbs/06_evaluation.ipynb #999dac6d
+class SurpriseSVD(Baseline):
+    "Peer: Surprise's `SVD` behind the model protocol (needs `scikit-surprise`)."
+    def __init__(self, **kw): self.kw = dict(random_state=0) | kw   # Surprise's settings, e.g. n_factors, n_epochs
+    def fit(self, train:Interactions):
+        try: from surprise import SVD, Dataset, Reader
+        except ImportError: raise ImportError("SurpriseSVD needs Surprise: pip install scikit-surprise") from None
+        self._fit_vocab(train)
+        ts = Dataset.load_from_df(train.ratings[['user', 'item', 'rating']], Reader(rating_scale=train.scale)).build_full_trainset()
+        self.algo = algo = SVD(**self.kw).fit(ts)
+        u = np.array([ts.to_raw_uid(j) for j in range(ts.n_users)]); i = np.array([ts.to_raw_iid(j) for j in range(ts.n_items)])
+        self.mu = ts.global_mean
+        self.bu, self.bi = np.zeros(self.n_users), np.zeros(self.n_items); self.bu[u], self.bi[i] = algo.bu, algo.bi
+        self.pu, self.qi = np.zeros((self.n_users, algo.n_factors)), np.zeros((self.n_items, algo.n_factors))
+        self.pu[u], self.qi[i] = algo.pu, algo.qi
+        return self
+    def predict(self, users, items, cold:bool=False) -> np.ndarray:
+        users, items = self._check(users, items, cold)
+        return (self.mu + self.bu[users] + self.bi[items] + (self.pu[users] * self.qi[items]).sum(1)).clip(*self.scale)
+    def score_items(self, users, cold:bool=False) -> torch.Tensor:
+        users, _ = self._check(users, cold=cold)
+        return torch.from_numpy(self.mu + self.bu[users, None] + self.bi[None] + self.pu[users] @ self.qi.T)
