@@ -443,6 +443,7 @@ def _draw_items(rng, users, like, by, cdf, n_items, chunk=1 << 21):
         out[s:s + chunk] = by[np.minimum(np.searchsorted(cdf, t + rng.random(len(u))), n_items - 1)]
     return out
 
+# %% ../nbs/01_data.ipynb #e570164c
 def synthetic_ratings(
     n_ratings:int=25_000_095, # ml-25m's
     n_users:int|None=None, # default: ml-25m's 162,541 users scaled by n_ratings / 25 M (fewer ratings: as if a sample of its users)

@@ -54,6 +54,7 @@ def _resize_history(module, state_dict, prefix, *args):
     k = prefix + 'hist_items'
     if k in state_dict: module.hist_items = torch.empty_like(state_dict[k], device=module.hist_items.device)
 
+# %% ../nbs/04_factorization.ipynb #064f7c6b
 class FLM(nn.Module):
     "Biased matrix factorization whose item and user vectors are ID embeddings plus projected text vectors."
     def __init__(self,

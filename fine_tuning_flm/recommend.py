@@ -47,6 +47,7 @@ def _new_table(df) -> pd.DataFrame:
         raise ValueError(f"new_ratings must be a DataFrame with columns {list(_NEW)}, got {list(df.columns) if isinstance(df, pd.DataFrame) else type(df).__name__}")
     return df[list(_NEW)].astype(_NEW).reset_index(drop=True)
 
+# %% ../nbs/07_recommend.ipynb #7d264a82
 class Recommender:
     "A trained FLM with its catalogue and each user's ratings: recommendations, similar items, new items from text, new users by fold-in."
     def __init__(self,
