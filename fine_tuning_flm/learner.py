@@ -428,7 +428,7 @@ RANK_RECIPE = dict(objective='softmax', n_factors=64, epochs=12, lr=1e-2, bs=102
 OBJECTIVES = {'rate': 'mse', 'rank': 'softmax', 'both': 'mse+softmax'}   # what `train_flm(objective=...)` accepts besides the losses
 
 def recipe(objective:str='rate') -> dict:
-    "The tuned recipe for an objective: `FLM_RECIPE` for rating, `RANK_RECIPE` when a ranking loss is in it."
+    "The recipe for an objective: `FLM_RECIPE` (hand-set defaults) for rating, `RANK_RECIPE` (chosen by `benchmarks/tune_rank.py`) when a ranking loss is in it."
     loss = OBJECTIVES.get(objective, objective)
     _, rank = parse_objective(loss)
     return {**FLM_RECIPE, 'objective': loss} if rank is None else {**RANK_RECIPE, 'objective': loss}
@@ -455,7 +455,7 @@ def train_flm(
     seed:int|None=42,
     **kwargs, # overrides of the recipe and `flm_learner` arguments
 ) -> Learner:
-    "Build an FLM learner with the tuned recipe of `objective` and train it for a fixed number of epochs; returns the `Learner`."
+    "Build an FLM learner with the recipe of `objective` and train it for a fixed number of epochs; returns the `Learner`."
     r = {**recipe(objective), **kwargs}
     epochs = r.pop('epochs') if epochs is None else epochs
     lr = r.pop('lr') if lr is None else lr
