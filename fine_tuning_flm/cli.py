@@ -67,23 +67,8 @@ OBJECTIVES = ('both', 'rank', 'rate')                          # `OBJECTIVES` of
 def _model_args(p):
     p.add_argument('model', metavar='MODEL', help='a folder saved by `flm train` (or `Recommender.save`)')
 
-def parser() -> argparse.ArgumentParser:
-    "The `flm` command line."
-    p = _Parser(prog='flm', description='Fine-Tuning-FLM: a pretrained language model and biased matrix factorization, one recommender.',
-                epilog='A mistake prints one line, `flm: error: ...`, and exits with status 2; --debug adds the traceback.')
-    p.add_argument('--debug', action='store_true', help='show the traceback of an error')
-    sub = p.add_subparsers(dest='cmd', metavar='COMMAND', required=True, parser_class=_Parser)
-    common = _Parser(add_help=False)
-    common.add_argument('--debug', action='store_true', default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-    d = sub.add_parser('demo', parents=[common], help='the tour: train on MovieLens, compare, recommend, find similar films, add a film, fold in a user')
-    d.add_argument('--data', default='ml-100k', choices=DATASETS)
-    d.add_argument('--epochs', type=_int_min(1), help="default: the recipe's (12)")
-    d.add_argument('--seed', type=int, default=42)
-    d.add_argument('--out', metavar='FOLDER', help='also save the model here')
-    d.add_argument('--quiet', action='store_true', help='no progress bars')
-    d.set_defaults(text='frozen', lr=None, objective='both')
-
+def _train_command(sub, common):
+    "`flm train` and its options, in three groups: the data, the split, the training."
     t = sub.add_parser('train', parents=[common], help='train an FLM, save it, then score it on the test side')
     g = t.add_argument_group('data')
     g.add_argument('--data', choices=DATASETS, help='a MovieLens dataset (default ml-100k)')
@@ -117,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument('--out', required=True, metavar='FOLDER', help='where to save the model (replaced only by a complete new one)')
     t.add_argument('--quiet', action='store_true', help='no progress bars')
 
+# %% ../nbs/08a_cli.ipynb #2eb7975d
+def _serving_commands(sub, common):
+    "The commands that read a saved model: evaluate, predict, recommend, similar, add-items and update."
     e = sub.add_parser('evaluate', parents=[common], help='the evaluation table of a saved model on a ratings CSV')
     _model_args(e)
     e.add_argument('--ratings', required=True, metavar='CSV', help="test ratings with the model's raw ids")
@@ -156,6 +144,27 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument('--time-col', default='timestamp', help='the time column, if the file has one (default timestamp)')
     u.add_argument('--na-ids', action='store_true', help='read NA, null, None... ids as missing (and refuse them)')
     u.add_argument('--out', metavar='FOLDER', help='save the updated model here (default: replace MODEL)')
+
+# %% ../nbs/08a_cli.ipynb #7c2c8bd2
+def parser() -> argparse.ArgumentParser:
+    "The `flm` command line."
+    p = _Parser(prog='flm', description='Fine-Tuning-FLM: a pretrained language model and biased matrix factorization, one recommender.',
+                epilog='A mistake prints one line, `flm: error: ...`, and exits with status 2; --debug adds the traceback.')
+    p.add_argument('--debug', action='store_true', help='show the traceback of an error')
+    sub = p.add_subparsers(dest='cmd', metavar='COMMAND', required=True, parser_class=_Parser)
+    common = _Parser(add_help=False)
+    common.add_argument('--debug', action='store_true', default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    d = sub.add_parser('demo', parents=[common], help='the tour: train on MovieLens, compare, recommend, find similar films, add a film, fold in a user')
+    d.add_argument('--data', default='ml-100k', choices=DATASETS)
+    d.add_argument('--epochs', type=_int_min(1), help="default: the recipe's (12)")
+    d.add_argument('--seed', type=int, default=42)
+    d.add_argument('--out', metavar='FOLDER', help='also save the model here')
+    d.add_argument('--quiet', action='store_true', help='no progress bars')
+    d.set_defaults(text='frozen', lr=None, objective='both')
+
+    _train_command(sub, common)
+    _serving_commands(sub, common)
     return p
 
 # %% ../nbs/08a_cli.ipynb #c180ee07
