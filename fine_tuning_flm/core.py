@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['default_device', 'set_seed', 'evaluating', 'mixed_precision', 'cache_dir', 'data_dir', 'atomic_write', 'atomic_dir',
-           'safetensors_bytes', 'save_safetensors', 'load_safetensors', 'precision_at_k', 'recall_at_k', 'ndcg_at_k',
-           'map_at_k', 'hit_rate_at_k', 'mrr', 'in_test']
+           'safetensors_bytes', 'save_safetensors', 'safetensors_header', 'load_safetensors', 'precision_at_k',
+           'recall_at_k', 'ndcg_at_k', 'map_at_k', 'hit_rate_at_k', 'mrr', 'in_test']
 
 # %% ../nbs/00_core.ipynb #b812fe69
 import contextlib, json, os, shutil, tempfile
@@ -153,6 +153,18 @@ def save_safetensors(path:str|Path, tensors:dict, **meta) -> Path:
     with atomic_write(path) as f: f.write(safetensors_bytes(tensors, **meta))
     return Path(path)
 
+def safetensors_header(
+    raw:bytes, # the bytes of a safetensors file
+    name='the data', # what to call it in an error
+) -> tuple:
+    "(metadata strings, {tensor: shape}) from a safetensors file's header, reading no tensor (so nothing is allocated)."
+    n = int.from_bytes(raw[:8], 'little') if len(raw) >= 8 else 0
+    try:
+        if not 0 < n <= len(raw) - 8: raise ValueError
+        h = json.loads(raw[8:8+n])
+        return h.pop('__metadata__', None) or {}, {k: tuple(v['shape']) for k, v in h.items()}
+    except (ValueError, TypeError, KeyError, AttributeError): raise ValueError(f"{name}: not a safetensors file") from None
+
 def load_safetensors(
     src:str|Path|bytes, # a file, or its bytes
     key:str|None=None, # a metadata entry the file must have
@@ -165,8 +177,7 @@ def load_safetensors(
         if not Path(src).is_file(): raise FileNotFoundError(f"no file at {str(src)!r}")
         src = Path(src).read_bytes()
     try:
-        n = int.from_bytes(src[:8], 'little')
-        meta = {k: json.loads(v) for k, v in (json.loads(src[8:8+n]).get('__metadata__') or {}).items()}
+        meta = {k: json.loads(v) for k, v in safetensors_header(src, name)[0].items()}
         tensors = load(src)
     except Exception as e: raise ValueError(f"{name}: not a readable safetensors file of ours ({' '.join(str(e).split()) or type(e).__name__})") from None
     if key is None: return tensors, meta

@@ -627,18 +627,9 @@ def _verified(path:Path, m:dict) -> dict:
         if hashlib.sha256(out[name]).hexdigest() != e['sha256']: raise ValueError(f"{fn}: its contents differ from the manifest's SHA-256 (changed after saving)")
     return out
 
-def _st_header(raw:bytes, fn) -> tuple:
-    "(metadata, {tensor: shape}) from a safetensors file's header, reading no tensor."
-    n = int.from_bytes(raw[:8], 'little') if len(raw) >= 8 else 0
-    try:
-        if not 0 < n <= len(raw) - 8: raise ValueError
-        h = json.loads(raw[8:8+n])
-        return h.pop('__metadata__', None) or {}, {k: tuple(v['shape']) for k, v in h.items()}
-    except (ValueError, TypeError, KeyError, AttributeError): raise ValueError(f"{fn}: not a safetensors file") from None
-
 def _check_layout(raw:bytes, fn, shapes:dict, what:str):
     "Refuse a safetensors file whose tensors are not exactly `shapes` (read from its header, before anything is allocated)."
-    if _st_header(raw, fn)[1] != shapes: raise ValueError(f"{fn}: not {what} the manifest lists")
+    if safetensors_header(raw, fn)[1] != shapes: raise ValueError(f"{fn}: not {what} the manifest lists")
 
 def _in_range(fn, what:str, x:np.ndarray, hi:int):
     if len(x) and (x.min() < 0 or x.max() >= hi): raise ValueError(f"{fn}: {what} codes outside the vocabulary (0 to {hi - 1:,})")
@@ -686,7 +677,7 @@ def load(cls:Recommender, path:str|Path) -> Recommender:
     m = _read_manifest(path)
     raw = _verified(path, m)
     fn = path/'model.safetensors'
-    meta, shapes = _st_header(raw['model.safetensors'], fn)
+    meta, shapes = safetensors_header(raw['model.safetensors'], fn)
     s, c = _settings(meta, fn)
     if (c['n_users'], c['n_items']) != (m['n_users'], m['n_items']):
         raise ValueError(f"{fn}: {c['n_users']:,} users × {c['n_items']:,} items, the manifest says {m['n_users']:,} × {m['n_items']:,}")
