@@ -7,7 +7,7 @@ the reduced precisions (bf16 on a CPU, fp16 and bf16 on CUDA; `int8` on request:
 minimum cosine of their vectors to the fp32 ones over all texts, and how many of each text's 10 nearest
 fp32 neighbours they keep), and the speed-up of a cached second `encode(..., cache=True)` over the first.
 
-`int8` is not a `TextEncoder` precision: it is the study `02_embeddings` summarises. `int8_linears` below swaps
+`int8` is not a `TextEncoder` precision: it is the study `04_embeddings` summarises. `int8_linears` below swaps
 every `nn.Linear` of the model, for a `with` block, for a layer with int8 weights (one scale per output row)
 and int8 activations (one scale per token, the "vector-wise" quantization of LLM.int8()), multiplied by
 `torch._int_mm` into int32. PyTorch's `quantize_dynamic` takes one activation scale for a whole batch, and the
@@ -125,7 +125,7 @@ def main(argv=None):
     precs = a.precisions if a.precisions is not None else ('fp16,bf16' if dev.type == 'cuda' else 'bf16')
     extra = {}
     for prec in filter(None, (x.strip() for x in precs.split(','))):
-        if prec == 'int8':      # not a TextEncoder precision (02_embeddings explains why): int8_linears above
+        if prec == 'int8':      # not a TextEncoder precision (04_embeddings explains why): int8_linears above
             extra[prec] = TextEncoder(max_length=a.max_length, batch_size=a.batch_size, device=dev)
             encs['TextEncoder int8'] = (lambda e: lambda: _int8(e, texts))(extra[prec])
             continue

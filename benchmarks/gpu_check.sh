@@ -3,8 +3,8 @@
 # wrote it (December 2026), so every line below the preparation is untested on CUDA; the CPU parts ran here.
 #
 # What it runs, in <= 5 minutes, writing $OUT/gpu_check.json (and printing each number):
-#   1. the code of the notebooks' `#| gpu` cells (grep -l '#| gpu' nbs/*.ipynb): 02_embeddings' encoding throughput in
-#      fp32/fp16/bf16 against CPU fp32 vectors (min cosine), and 05_learner's `flm_learner(..., device='cuda')`, which must
+#   1. the code of the notebooks' `#| gpu` cells (grep -l '#| gpu' nbs/*.ipynb): 04_embeddings' encoding throughput in
+#      fp32/fp16/bf16 against CPU fp32 vectors (min cosine), and 08_learner's `flm_learner(..., device='cuda')`, which must
 #      turn on mixed precision, timed over 5 epochs. They run on ml-latest-small / ml-100k where $FLM_DATA has them, else
 #      on synthetic stand-ins of the same size (`synthetic_ratings`): MovieLens may not be copied onto the device.
 #   2. encoding throughput at scale: the 62,423 texts of the synthetic ml-25m catalogue, fp32 vs fp16 vs bf16.
@@ -92,7 +92,7 @@ def syn(n, n_items=62_423):
 data = Path(os.environ.get('FLM_DATA', '/nonexistent'))
 
 def encode_precisions(texts, ref_n=1000):
-    "02_embeddings' `#| gpu` cell: texts/s per precision, min cosine to CPU fp32 vectors."
+    "04_embeddings' `#| gpu` cell: texts/s per precision, min cosine to CPU fp32 vectors."
     ref = TextEncoder(MODEL, device='cpu').encode(texts[:ref_n])
     out = {}
     for prec in ('fp32', 'fp16', 'bf16') if DEV == 'cuda' else ('fp32', 'bf16'):
@@ -107,7 +107,7 @@ step('gpu cell 02: encode (ml-latest-small)' if mls else 'gpu cell 02: encode (9
      lambda: encode_precisions(load_movielens('ml-latest-small').items.text.tolist() if mls else syn(200_000, 9_742).items.text.tolist()))
 
 def cell05():
-    "05_learner's `#| gpu` cell: flm_learner on CUDA turns on mixed precision; 5 epochs."
+    "08_learner's `#| gpu` cell: flm_learner on CUDA turns on mixed precision; 5 epochs."
     d = load_movielens('ml-100k') if (data/'ml-100k').exists() else syn(100_000, 1_682)
     trn, tst = d.split('official', fold='u1') if d.name == 'ml-100k' else d.split('random', valid_pct=0.2, seed=0)
     iv = TextEncoder(MODEL, device=DEV, precision='bf16').encode(trn.items.text.tolist())

@@ -4,8 +4,7 @@
 
 # %% auto #0
 __all__ = ['default_device', 'set_seed', 'evaluating', 'mixed_precision', 'cache_dir', 'data_dir', 'atomic_write', 'atomic_dir',
-           'safetensors_bytes', 'save_safetensors', 'safetensors_header', 'load_safetensors', 'precision_at_k',
-           'recall_at_k', 'ndcg_at_k', 'map_at_k', 'hit_rate_at_k', 'mrr', 'in_test']
+           'safetensors_bytes', 'save_safetensors', 'safetensors_header', 'load_safetensors', 'in_test']
 
 # %% ../nbs/00_core.ipynb #b812fe69
 import contextlib, json, os, shutil, tempfile
@@ -183,73 +182,6 @@ def load_safetensors(
     if key is None: return tensors, meta
     if key not in meta: raise ValueError(f"{name} was not written by {writer or 'what wrote ' + key}")
     return tensors, meta[key]
-
-# %% ../nbs/00_core.ipynb #6e13db19
-def _tensor(x, dtype=torch.float64) -> torch.Tensor:
-    "`x` (a list, numpy array or tensor) as a CPU tensor of `dtype` (None: keep its dtype)."
-    if isinstance(x, torch.Tensor): t = x.detach().cpu()
-    else:
-        a = np.asarray(x)
-        t = torch.from_numpy(a if a.flags.writeable else a.copy()) if a.dtype != object else torch.as_tensor(a.tolist())
-    return t if dtype is None else t.to(dtype)
-
-def _hits(hits, k=None):
-    h = _tensor(hits, None)
-    if h.ndim != 2: raise ValueError(f"hits must be a (users, ranks) matrix, got shape {tuple(h.shape)}")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1): raise ValueError(f"k must be a positive int, got {k!r}")
-    return h[:, :k].to(torch.float64)
-
-def _n_rel(n_rel, h):
-    n = _tensor(n_rel).flatten()
-    if n.numel() != h.shape[0]: raise ValueError(f"n_rel has {n.numel():,} values for {h.shape[0]:,} users")
-    if (n < h.sum(1)).any(): raise ValueError("n_rel is smaller than the number of hits for some users")
-    return n
-
-def precision_at_k(hits, # (users, ranks) bool: is the item at each rank relevant?
-                   k:int=10) -> torch.Tensor:
-    "Per user: relevant items among the top `k`, divided by `k`."
-    return _hits(hits, k).sum(1) / k
-
-def recall_at_k(hits, # (users, ranks) bool
-                n_rel, # (users,) number of relevant items per user
-                k:int=10) -> torch.Tensor:
-    "Per user: the fraction of the relevant items that are in the top `k` (NaN for users with none)."
-    h = _hits(hits, k)
-    return h.sum(1) / _n_rel(n_rel, h)
-
-# %% ../nbs/00_core.ipynb #9bb0d4fd
-def _discounts(n): return 1 / torch.log2(torch.arange(2, n + 2, dtype=torch.float64))
-
-def ndcg_at_k(hits, # (users, ranks) bool
-              n_rel, # (users,) number of relevant items per user
-              k:int=10) -> torch.Tensor:
-    "Per user: DCG of the top `k` (binary relevance, 1/log2(rank+1)) over the ideal DCG cut at `k`."
-    h = _hits(hits, k); n = _n_rel(n_rel, h)
-    d = _discounts(k)
-    dcg = (h * d[:h.shape[1]]).sum(1)
-    idcg = torch.cat([torch.zeros(1, dtype=torch.float64), d.cumsum(0)])[n.clamp(max=k).long()]
-    return dcg / idcg
-
-def map_at_k(hits, # (users, ranks) bool
-             n_rel, # (users,) number of relevant items per user
-             k:int=10) -> torch.Tensor:
-    "Per user: average precision at the hit ranks of the top `k`, over min(n_rel, k)."
-    h = _hits(hits, k); n = _n_rel(n_rel, h)
-    prec = h.cumsum(1) / torch.arange(1, h.shape[1] + 1, dtype=torch.float64)
-    return (prec * h).sum(1) / n.clamp(max=k)
-
-def hit_rate_at_k(hits, # (users, ranks) bool
-                  k:int=10) -> torch.Tensor:
-    "Per user: 1 if any of the top `k` is relevant, else 0."
-    return (_hits(hits, k).sum(1) > 0).to(torch.float64)
-
-def mrr(hits, # (users, ranks) bool, usually the whole ranked catalogue
-        k:int|None=None, # cut the lists at `k` (MRR@k); None: use every rank given
-       ) -> torch.Tensor:
-    "Per user: 1 / the rank of the first relevant item (0 if none is ranked)."
-    h = _hits(hits, k) > 0
-    first = h.to(torch.int8).argmax(1).to(torch.float64) + 1
-    return torch.where(h.any(1), 1 / first, torch.zeros_like(first))
 
 # %% ../nbs/00_core.ipynb #fa69dee5
 def in_test() -> bool:

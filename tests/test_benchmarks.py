@@ -1,6 +1,6 @@
-"""The short runs of the benchmark scripts that `09_benchmarks` displays the full results of: each script still runs
+"""The short runs of the benchmark scripts that `16_benchmarks` displays the full results of: each script still runs
 end to end, writes its JSON with the command line, and what it measures is sane at this size. (`encode.py`'s short run
-is in test_embeddings.py, `scale.py`'s in test_scale.py; `09_benchmarks` itself makes the short run of `ranking.py`.)"""
+is in test_embeddings.py, `scale.py`'s in test_scale.py; `16_benchmarks` itself makes the short run of `ranking.py`.)"""
 import json, os, subprocess, sys
 from pathlib import Path
 

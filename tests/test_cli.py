@@ -344,12 +344,12 @@ def test_a_failed_save_keeps_the_old_model(capsys, monkeypatch, tmp_path):
     args = ['train', '--ratings', tail, '--text', 'none', '--epochs', 1, '--quiet', '--out', tmp_path/'m']
     assert flm(capsys, *args)[0] == 0
     before = {p.name: p.read_bytes() for p in (tmp_path/'m').iterdir()}
-    real, calls = R._put, []
+    real, calls = R.put_file, []
     def put(fn, data):
         calls.append(fn.name)
         if len(calls) == 3: raise OSError(28, 'No space left on device')
         return real(fn, data)
-    monkeypatch.setattr(R, '_put', put)
+    monkeypatch.setattr(R, 'put_file', put)
     refused(capsys, *args[:-2], '--seed', 7, '--out', tmp_path/'m', match=r'No space left on device')
     assert {p.name: p.read_bytes() for p in (tmp_path/'m').iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ['.m.lock', 'm', 'tail.csv']
@@ -410,7 +410,7 @@ def test_demo_runs(capsys):
     assert genre >= FAN_GENRE_MIN, '\n'.join(fan)
     assert not any(re.search(r'Star Wars|Empire Strikes|Return of the Jedi|Toy Story \(1995\)', line) for line in fan)   # their own films are left out
 
-# What a good model does: the demo's FLM gives this fan 10 sci-fi/action/adventure films out of 10 (08a_cli's demo output, December 2026);
+# What a good model does: the demo's FLM gives this fan 10 sci-fi/action/adventure films out of 10 (14_cli's demo output, December 2026);
 # the rating-only FLM gave none that matched (Shawshank Redemption, Schindler's List, The Usual Suspects, Casablanca, ...).
 FAN_GENRE_MIN = 7
 

@@ -6,7 +6,8 @@ import numpy as np, pandas as pd, pytest, torch
 from fastai.callback.core import Callback
 
 from fine_tuning_flm.embeddings import TextEncoder
-from fine_tuning_flm.finetune import trainable, TrainableText, prompt_pairs
+from fine_tuning_flm.towers import trainable, TrainableText
+from fine_tuning_flm.experimental import prompt_pairs
 from fine_tuning_flm.learner import train_flm, CapItems
 from fine_tuning_flm.recommend import Recommender
 

@@ -233,14 +233,3 @@ def test_user_texts_do_not_leak_u1_test_items(ml100k):
         mine = r[r.user == u]
         if fav[u]: assert r.set_index(['user', 'item']).rating.loc[[(u, i) for i in fav[u]]].min() >= mine.rating.nlargest(len(fav[u])).min()
 
-def test_prompt_format():
-    assert prompt('24-year-old male technician who loved Heat (1995).', 'Toy Story (1995). Genres: Comedy.') == \
-        'User: 24-year-old male technician who loved Heat (1995). Candidate: Toy Story (1995). Genres: Comedy. Will they like it?'
-    assert prompt('  a viewer  ', ' Fargo (1996). ') == 'User: a viewer. Candidate: Fargo (1996). Will they like it?'
-
-@needs_100k
-def test_prompt_on_ml100k(ml100k):
-    trn, _ = ml100k.split('official', fold='u1')
-    p = prompt(user_texts(trn)[0], ml100k.items.text[0])
-    assert re.fullmatch(r"User: 24-year-old male technician who loved .+\. Candidate: Toy Story \(1995\)\. "
-                        r"Genres: Animation, Children's, Comedy\. Will they like it\?", p), p

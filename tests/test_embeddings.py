@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest, torch
 from fine_tuning_flm.embeddings import *
-from fine_tuning_flm.embeddings import _read_cache, _quiet_loading
+from fine_tuning_flm.embeddings import _read_cache, quiet_loading
 
 TEXTS = ['Toy Story (1995). Genres: Animation, Comedy.', 'Fargo (1996). Genres: Crime, Drama, Thriller.',
          'Star Wars (1977). Genres: Action, Adventure, Sci-Fi.', '', 'Heat (1995).', 'Toy Story (1995). Genres: Animation, Comedy.']
@@ -42,7 +42,7 @@ def test_no_loading_bar_and_state_restored(capfd):
     assert tlog.is_progress_bar_enabled() == before
     tlog.disable_progress_bar()
     try:
-        with _quiet_loading(): pass
+        with quiet_loading(): pass
         assert not tlog.is_progress_bar_enabled()     # someone else's "off" stays off
     finally:
         if before: tlog.enable_progress_bar()

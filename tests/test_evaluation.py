@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from sklearn.metrics import ndcg_score, roc_auc_score
 from fine_tuning_flm.data import Interactions, load_movielens
+from fine_tuning_flm.metrics import *
 from fine_tuning_flm.evaluation import *
 
 FLM_DATA = os.environ.get('FLM_DATA')

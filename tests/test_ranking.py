@@ -49,7 +49,7 @@ def test_losses_by_hand():
 
 def test_in_batch_softmax_with_logq_by_hand():
     "Two users, two positives; in-batch negatives; log Q subtracted from every column (the positive's too)."
-    m = FLM(2, 3, 2, objective='softmax', negatives='in-batch', reg=0, reg_bias=0)
+    m = FLM(2, 3, n_factors=2, objective='softmax', negatives='in-batch', reg=0, reg_bias=0)
     with torch.no_grad():
         m.u_weight.weight.copy_(torch.tensor([[1., 0.], [0., 1.]]))
         m.i_weight.weight.copy_(torch.tensor([[2., 0.], [0., 1.], [1., 1.]]))
@@ -66,15 +66,15 @@ def test_in_batch_softmax_with_logq_by_hand():
 
 def test_log_q_follows_the_negatives():
     d = _toy()
-    assert log_q(FLM(d.n_users, d.n_items, 4, objective='softmax'), d) is None                  # full catalogue: no correction
-    ib = log_q(FLM(d.n_users, d.n_items, 4, objective='softmax', negatives='in-batch'), d)
+    assert log_q(FLM(d.n_users, d.n_items, n_factors=4, objective='softmax'), d) is None                  # full catalogue: no correction
+    ib = log_q(FLM(d.n_users, d.n_items, n_factors=4, objective='softmax', negatives='in-batch'), d)
     counts = np.bincount(d.ratings.item, minlength=d.n_items)
     assert np.allclose(ib.exp().numpy(), np.maximum(counts / counts.sum(), 1e-12), atol=1e-7)
 
 @pytest.mark.parametrize('objective', ['mse', 'softmax', 'mse+bpr', 'bce'])
 def test_config_round_trip(objective):
     d = _toy()
-    m = FLM(d.n_users, d.n_items, 6, item_text=torch.randn(d.n_items, 5), objective=objective, history=True).set_seen(d)
+    m = FLM(d.n_users, d.n_items, n_factors=6, item_text=torch.randn(d.n_items, 5), objective=objective, history=True).set_seen(d)
     m2 = FLM.from_config(m.config()); m2.load_state_dict(m.state_dict())
     assert m2.config() == m.config()
     assert torch.allclose(m.score_items([0, 1]), m2.score_items([0, 1]))
@@ -88,7 +88,7 @@ def test_rank_fold_in_finds_the_liked_cluster():
     "Items in three clusters; a new user who liked three items of cluster 0 gets the rest of cluster 0 first."
     d = _toy(n_users=40, n_items=30)
     torch.manual_seed(0)
-    m = FLM(d.n_users, d.n_items, 3, objective='softmax', history=True).set_seen(d)
+    m = FLM(d.n_users, d.n_items, n_factors=3, objective='softmax', history=True).set_seen(d)
     cluster = torch.arange(30) % 3
     with torch.no_grad(): m.i_weight.weight.copy_(torch.eye(3)[cluster] * 2 + 0.1 * torch.randn(30, 3))
     likes = torch.tensor([0, 3, 6])

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 
 import fine_tuning_flm.recommend as R
+import fine_tuning_flm.store as S
 from safetensors.torch import save as st_save
 from fine_tuning_flm.factorization import FLM
 from fine_tuning_flm.recommend import Recommender, FolderLocked, folder_lock
@@ -21,7 +22,7 @@ def tiny(item_ids=(1, 2, 3, 4, 5, 6), user_ids=('ann', 'bob', 'cy', 'dee', 'ed')
     "A small random FLM with item text, served as a `Recommender`."
     torch.manual_seed(seed)
     n_u, n_i = len(user_ids), len(item_ids)
-    m = FLM(n_u, n_i, 4, (0.5, 5.5), item_text=torch.randn(n_i, 8), **flm_kw)
+    m = FLM(n_u, n_i, n_factors=4, y_range=(0.5, 5.5), item_text=torch.randn(n_i, 8), **flm_kw)
     with torch.no_grad():
         for p in m.parameters(): p.normal_()
     m.seen_items[-1] = False                                          # one item without training ratings
@@ -43,7 +44,7 @@ def same(a:Recommender, b:Recommender):
     for k, v in a.model.state_dict().items(): assert torch.equal(v, b.model.state_dict()[k]), k
     for t, u in ((a.items, b.items), (a.users, b.users)):
         pd.testing.assert_frame_equal(t, u, check_dtype=False)
-        assert [type(v) for v in t.id.map(R._plain)] == [type(v) for v in u.id.map(R._plain)]
+        assert [type(v) for v in t.id.map(S._plain)] == [type(v) for v in u.id.map(S._plain)]
     assert torch.equal(a.seen, b.seen)
     for k in ('ptr', 'items', 'values'): np.testing.assert_array_equal(getattr(a.history, k), getattr(b.history, k), err_msg=k)
     pd.testing.assert_frame_equal(a.new_ratings, b.new_ratings)
@@ -58,7 +59,7 @@ def test_round_trip_keeps_ids_and_their_types(tmp_path, item_ids):
     rec = tiny(item_ids)
     back = Recommender.load(rec.save(tmp_path/'m'))
     same(rec, back)
-    assert back.items.id.map(R._plain).tolist() == list(item_ids)
+    assert back.items.id.map(S._plain).tolist() == list(item_ids)
     assert back.items.genres.tolist() == ['Comedy|Drama', 'NA', '', 'Horror', 'null', 'Sci-Fi']      # 'NA' and 'null' are text, not missing
     assert back.items.year.isna().tolist() == [True, False, False, True, False, False]
     pd.testing.assert_frame_equal(back.recommend('ann', k=3), rec.recommend('ann', k=3))
@@ -72,7 +73,7 @@ def test_add_items_with_a_string_id_keeps_the_int_ids(tmp_path):
     grown._encoder = None
     back = Recommender.load(grown.save(tmp_path/'m'))
     same(grown, back)
-    assert back.items.id.map(R._plain).tolist() == [1, 2, 3, 4, 5, 6, 'toy-story-4']
+    assert back.items.id.map(S._plain).tolist() == [1, 2, 3, 4, 5, 6, 'toy-story-4']
     assert back.id_of('3') == 3 and back.id_of('toy-story-4') == 'toy-story-4'
     np.testing.assert_allclose(back.predict('ann', [3, 'toy-story-4']), grown.predict('ann', [3, 'toy-story-4']))
 
@@ -111,12 +112,12 @@ def test_save_over_an_old_model_replaces_it_whole(tmp_path):
 def test_interrupted_save_leaves_the_old_model(tmp_path, monkeypatch, fail_at, error):
     old = tiny(seed=0); old.save(tmp_path/'m')
     before = files(tmp_path/'m')
-    real, calls = R._put, []
+    real, calls = R.put_file, []
     def put(fn, data):
         calls.append(fn.name)
         if len(calls) == fail_at: raise error
         return real(fn, data)
-    monkeypatch.setattr(R, '_put', put)
+    monkeypatch.setattr(R, 'put_file', put)
     with pytest.raises(type(error)): tiny(seed=1).save(tmp_path/'m')
     assert files(tmp_path/'m') == before
     same(old, Recommender.load(tmp_path/'m'))
@@ -124,7 +125,7 @@ def test_interrupted_save_leaves_the_old_model(tmp_path, monkeypatch, fail_at, e
 
 def test_interrupted_first_save_leaves_nothing(tmp_path, monkeypatch):
     def put(fn, data): raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(R, '_put', put)
+    monkeypatch.setattr(R, 'put_file', put)
     with pytest.raises(OSError, match='No space'): tiny().save(tmp_path/'m')
     assert not (tmp_path/'m').exists() and [p.name for p in tmp_path.iterdir()] == ['.m.lock']
 

@@ -14,7 +14,7 @@ from fine_tuning_flm.recommend import Recommender
 def served(n_users=37, n_items=120, seed=0, **flm_kw) -> Recommender:
     "A random FLM with item text over `n_users` x `n_items`, each user with 0 to 30 training ratings, the last 10 items never rated."
     torch.manual_seed(seed); rng = np.random.default_rng(seed)
-    m = FLM(n_users, n_items, 8, (0.5, 5.5), item_text=torch.randn(n_items, 12), **flm_kw)
+    m = FLM(n_users, n_items, n_factors=8, y_range=(0.5, 5.5), item_text=torch.randn(n_items, 12), **flm_kw)
     with torch.no_grad():
         for p in m.parameters(): p.normal_(0, 0.3)                  # small enough that no predicted rating saturates (no ties at 5.5)
     rows = [(u, i) for u in range(n_users) for i in rng.choice(n_items - 10, rng.integers(0, min(31, n_items - 9)), replace=False)]

@@ -6,8 +6,8 @@ and so are `nbdev_export()` cells. A skipped cell keeps the outputs it already h
 committed output stays until someone re-runs it with `--flags slow`.
 Unlike `nbdev_test`, `IN_TEST` is not set: default cells run at their full, documented size.
 
-    python tools/run_nb.py nbs/01_data.ipynb                # default cells
-    python tools/run_nb.py nbs/05_learner.ipynb --flags slow  # also the full-size runs
+    python tools/run_nb.py nbs/03_data.ipynb                # default cells
+    python tools/run_nb.py nbs/08_learner.ipynb --flags slow  # also the full-size runs
 """
 import argparse, re, sys, time
 from pathlib import Path
