@@ -77,7 +77,7 @@ class Interactions:
         path:Path|None=None, # the folder the data came from, if any
     ):
         self.ratings, self.items, self.users, self.scale, self.name, self.path = ratings, items, users, tuple(scale), name, path
-        self._ucode = self._icode = None
+        self.template, self.tags = None, None     # how the item texts were made, and the users' tags behind them (`with_tags`)
 
     n_users = property(lambda self: len(self.users), doc="Size of the user vocabulary")
     n_items = property(lambda self: len(self.items), doc="Size of the item vocabulary")
@@ -87,9 +87,11 @@ class Interactions:
         return (f"Interactions({self.name}: {len(self):,} ratings, {self.ratings.user.nunique():,} of {self.n_users:,} users, "
                 f"{self.ratings.item.nunique():,} of {self.n_items:,} items, scale {lo:g}–{hi:g})")
 
-    def _like(self, ratings, name=None):
-        "A new `Interactions` with other ratings and the same vocabulary."
-        return Interactions(ratings.reset_index(drop=True), self.items, self.users, self.scale, name or self.name, self.path)
+    def _like(self, ratings, name=None, items=None):
+        "A new `Interactions` with other ratings and the same vocabulary (and, if given, item texts rebuilt from other tags)."
+        out = Interactions(ratings.reset_index(drop=True), self.items if items is None else items, self.users, self.scale, name or self.name, self.path)
+        out.template, out.tags = self.template, self.tags
+        return out
 
 # %% ../nbs/03_data.ipynb #d4663b7a
 def _codes(vocab, ids, kind, name):
@@ -169,11 +171,14 @@ def from_df(cls:Interactions, ratings:pd.DataFrame, items:pd.DataFrame|None=None
     if _repeats(u, i, len(items_t)):                         # only then the sorts that keep each pair's latest rating (25 M rows: seconds, GBs)
         df, _ = _drop_duplicates(df, user_col, item_col, time_col, name)
         u, i = code()
-    items_t['text'] = item_texts(items_t, template if template is not None else default_template(text_cols or [c for c in items_t.columns if c != 'id'] or ['id']))
+    template = template if template is not None else default_template(text_cols or [c for c in items_t.columns if c != 'id'] or ['id'])
+    items_t['text'] = item_texts(items_t, template)
     r = pd.DataFrame({'user': np.asarray(u, np.int64), 'item': np.asarray(i, np.int64),
                       'rating': df[rating_col].to_numpy('float32'),
                       'timestamp': df[time_col].to_numpy('int64') if time_col else np.arange(len(df), dtype='int64')})
-    return cls(r, items_t, users_t, scale, name, path)
+    out = cls(r, items_t, users_t, scale, name, path)
+    out.template = template
+    return out
 
 # %% ../nbs/03_data.ipynb #539c7d37
 # pandas' default missing-value markers: always missing in other columns; in id columns only with `na_ids=True`
@@ -278,25 +283,17 @@ def _read_ml100k(path):
     it = pd.DataFrame({'item_id': it.item_id, 'title': it.title.fillna('').str.strip(), 'year': _year(it.title, it.release_date),
                        'genres': ['|'.join(g for g, f in zip(genres, row) if f) for row in flags]})
     us = pd.read_csv(path/'u.user', sep='|', names=['user_id', 'age', 'gender', 'occupation', 'zip'])[['user_id', 'age', 'gender', 'occupation']]
-    return r, it, us, (1, 5)
-
-def _tags_per_item(tags, item_col, top=10):
-    t = tags.assign(tag=tags.tag.astype(str).str.strip().str.lower())
-    t = t[t.tag != '']
-    counts = t.groupby([item_col, 'tag'], sort=False).size().rename('n').reset_index()
-    counts = counts.sort_values([item_col, 'n'], ascending=[True, False], kind='stable')
-    return counts.groupby(item_col).tag.apply(lambda s: '|'.join(s.iloc[:top]))
+    return r, it, us, (1, 5), None
 
 def _read_ml_latest(path):
     "ml-latest-small and ml-25m (the same layout): ratings.csv, movies.csv, and the free-text tags of tags.csv."
     r = pd.read_csv(path/'ratings.csv', dtype={'rating': 'float32'})      # pandas' C engine: faster and leaner than pyarrow's on 2 cores (measured)
     it = pd.read_csv(path/'movies.csv')
     it['year'] = _year(it.title)
-    tags = _tags_per_item(pd.read_csv(path/'tags.csv'), 'movieId')
-    it['tags'] = [tags.get(i, '') for i in it.movieId]                       # '' for untagged films (and when tags.csv is empty)
+    tags = pd.read_csv(path/'tags.csv', dtype={'tag': str}, keep_default_na=False).rename(columns={'userId': 'user_id', 'movieId': 'item_id'})
     r = r.rename(columns={'userId': 'user_id', 'movieId': 'item_id'})
-    it = it.rename(columns={'movieId': 'item_id'})[['item_id', 'title', 'year', 'genres', 'tags']]
-    return r, it, None, (0.5, 5)
+    it = it.rename(columns={'movieId': 'item_id'})[['item_id', 'title', 'year', 'genres']]
+    return r, it, None, (0.5, 5), tags
 
 _ML1M_AGES = {1: 'under 18', 18: '18-24', 25: '25-34', 35: '35-44', 45: '45-49', 50: '50-55', 56: '56+'}
 _ML1M_JOBS = ['', 'academic/educator', 'artist', 'clerical/admin', 'college/grad student', 'customer service',
@@ -315,9 +312,36 @@ def _read_ml1m(path):
     us = _read_dat(path/'users.dat', ['user_id', 'gender', 'age', 'occupation', 'zip'])
     us = pd.DataFrame({'user_id': us.user_id, 'age': us.age.map(_ML1M_AGES), 'gender': us.gender,
                        'occupation': us.occupation.map(dict(enumerate(_ML1M_JOBS)))})
-    return r, it[['item_id', 'title', 'year', 'genres']], us, (1, 5)
+    return r, it[['item_id', 'title', 'year', 'genres']], us, (1, 5), None
 
 _READERS = {'ml-100k': _read_ml100k, 'ml-latest-small': _read_ml_latest, 'ml-1m': _read_ml1m, 'ml-25m': _read_ml_latest}
+
+# %% ../nbs/03_data.ipynb #6e4f9c07
+@patch
+def _tagged_items(self:Interactions, tags:pd.DataFrame, top:int=10) -> pd.DataFrame:
+    "The item table with `tags` (each item's `top` most frequent tags in `tags`) and `text` rebuilt from them."
+    counts = tags.groupby(['item', 'tag'], sort=False).size().rename('n').reset_index()
+    counts = counts.sort_values(['item', 'n'], ascending=[True, False], kind='stable')
+    per = counts.groupby('item').tag.apply(lambda s: '|'.join(s.iloc[:top]))
+    items = self.items.copy()
+    items['tags'] = per.reindex(np.arange(self.n_items), fill_value='').to_numpy()
+    items['text'] = item_texts(items.drop(columns='text'), self.template)
+    return items
+
+@patch
+def with_tags(self:Interactions,
+              tags:pd.DataFrame, # free-text tags: `user_col`, `item_col`, tag (and timestamp) columns
+              user_col:str='user_id', item_col:str='item_id',
+             ) -> Interactions:
+    "These ratings with each item's most frequent tags in its text; `split` rebuilds each side's texts from its training pairs' tags only."
+    t = tags[tags[user_col].isin(self.users.id) & tags[item_col].isin(self.items.id)]   # a tag by a user without ratings, or on an unknown item: dropped
+    coded = pd.DataFrame({'user': np.asarray(self.user_code(t[user_col].to_numpy()), np.int64), 'item': np.asarray(self.item_code(t[item_col].to_numpy()), np.int64),
+                          'tag': t.tag.astype(str).str.strip().str.lower().to_numpy(),
+                          'timestamp': t['timestamp'].to_numpy('int64') if 'timestamp' in t else np.zeros(len(t), 'int64')})
+    coded = coded[coded.tag != ''].reset_index(drop=True)
+    out = self._like(self.ratings, items=self._tagged_items(coded))
+    out.tags = coded
+    return out
 
 # %% ../nbs/03_data.ipynb #ba96d15c
 def load_movielens(
@@ -327,9 +351,9 @@ def load_movielens(
 ) -> Interactions:
     "Load a MovieLens dataset as `Interactions`, downloading and checking it if it is nowhere local."
     path = movielens_path(name, path)
-    r, it, us, scale = _READERS[name](path)
-    return Interactions.from_df(r, it, us, user_col='user_id', item_col='item_id', scale=scale,
-                                template=template, name=name, path=path)
+    r, it, us, scale, tags = _READERS[name](path)
+    d = Interactions.from_df(r, it, us, user_col='user_id', item_col='item_id', scale=scale, template=template, name=name, path=path)
+    return d if tags is None else d.with_tags(tags)
 
 # %% ../nbs/03_data.ipynb #f1dc21ab
 _SPLITS = {}   # kind -> function(interactions, **kwargs) -> bool mask of the test rows
@@ -342,7 +366,17 @@ def split(self:Interactions,
     if kind not in _SPLITS: raise ValueError(f"unknown split {kind!r}; choose one of {list(_SPLITS)}")
     test = _SPLITS[kind](self, **kwargs)
     r = self.ratings
-    return self._like(r[~test], f'{self.name} train'), self._like(r[test], f'{self.name} test')
+    items = self._training_text(r[~test], temporal=kind == 'temporal')
+    return self._like(r[~test], f'{self.name} train', items), self._like(r[test], f'{self.name} test', items)
+
+@patch
+def _training_text(self:Interactions, train:pd.DataFrame, temporal:bool=False) -> pd.DataFrame:
+    "The item table whose tags come from the pairs of `train` only (and, `temporal`, written no later than the user's last training rating)."
+    if self.tags is None: return self.items
+    t, n = self.tags, self.n_items
+    keep = np.isin(t.user.to_numpy() * n + t.item.to_numpy(), train.user.to_numpy() * n + train.item.to_numpy())
+    if temporal: keep &= t.timestamp.to_numpy() <= train.groupby('user').timestamp.max().reindex(t.user).fillna(-np.inf).to_numpy()
+    return self._tagged_items(t[keep])
 
 # %% ../nbs/03_data.ipynb #afc13f9c
 def _exactly_one_back(test, groups, rng):

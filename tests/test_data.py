@@ -233,3 +233,20 @@ def test_user_texts_do_not_leak_u1_test_items(ml100k):
         mine = r[r.user == u]
         if fav[u]: assert r.set_index(['user', 'item']).rating.loc[[(u, i) for i in fav[u]]].min() >= mine.rating.nlargest(len(fav[u])).min()
 
+
+@needs_small
+@pytest.mark.parametrize('kind,kw', [('random', {}), ('temporal', dict(n=5)), ('stratified', {}), ('recommenders', {}),
+                                     ('cold_items', {}), ('cold_users', {})])
+def test_no_held_out_tag_reaches_the_item_text(kind, kw):
+    "Issue #21: every tag in a split's item texts was written by a training pair of that item (before the fix, held-out raters' tags were there)."
+    mls = load_movielens('ml-latest-small')
+    trn, tst = mls.split(kind, **kw)
+    pairs = set(zip(trn.ratings.user, trn.ratings.item))
+    allowed = {(i, t) for u, i, t in zip(mls.tags.user, mls.tags.item, mls.tags.tag) if (u, i) in pairs}
+    for side in (trn, tst):
+        shown = {(i, t) for i, ts in enumerate(side.items.tags) for t in set(ts.split('|')) - {''}}
+        assert shown <= allowed, sorted(shown - allowed)[:5]
+        assert side.items.text.tolist() == item_texts(side.items.drop(columns='text'), mls.template)    # the texts say exactly these tags
+    held = {(u, i) for u, i in zip(tst.ratings.user, tst.ratings.item)}
+    only_held = {(i, t) for u, i, t in zip(mls.tags.user, mls.tags.item, mls.tags.tag) if (u, i) in held} - allowed
+    assert only_held and not only_held & {(i, t) for i, ts in enumerate(trn.items.tags) for t in ts.split('|')}   # the test can fail: such tags exist
