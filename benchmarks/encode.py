@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Encoding speed: sentence-transformers' `encode` against `TextEncoder.encode` on the same texts.
 
 Encodes the same ml-latest-small item texts (title, genres, tags) with both, alternating them round by round in
@@ -15,16 +14,18 @@ few tokens with huge activations that transformers are known for leave the other
 With `int8`, fp32 and int8 are also timed on one thread, where int8's faster products are not hidden by
 float32's better use of several cores.
 
-    python benchmarks/encode.py                    # all 9,742 texts, batch 32, 3 rounds
-    python benchmarks/encode.py --n 3000 --rounds 5
-    python benchmarks/encode.py --precisions '' --batch-size 64    # fp32 against sentence-transformers only
+    python -m benchmarks.encode                    # all 9,742 texts, batch 32, 3 rounds
+    python -m benchmarks.encode --n 3000 --rounds 3 --precisions bf16,int8 --out benchmarks/results/encode.json
+    python -m benchmarks.encode --precisions '' --batch-size 64    # fp32 against sentence-transformers only
 
 Machine load skews timings: the load average is printed before and after; re-run when it is high.
 """
-import argparse, contextlib, json, os, platform, statistics, sys, tempfile, time, warnings
+import argparse, contextlib, os, platform, statistics, sys, tempfile, time, warnings
 
 import torch
 from torch import nn
+
+from benchmarks.provenance import Run
 
 
 class _Int8Linear(nn.Module):
@@ -87,7 +88,8 @@ def _load():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = [str(x) for x in (sys.argv[1:] if argv is None else argv)]
+    p = argparse.ArgumentParser(prog='python -m benchmarks.encode', description=__doc__.splitlines()[0])
     p.add_argument('--n', type=int, default=None, help='number of texts (default: all 9,742; at least 3,000 for the figures in the issue)')
     p.add_argument('--batch-size', type=int, default=32, help='texts per batch, for both encoders (default 32)')
     p.add_argument('--rounds', type=int, default=3, help='timed rounds of each encoder, alternating (default 3)')
@@ -101,13 +103,15 @@ def main(argv=None):
     if a.rounds < 1: p.error(f'--rounds must be >= 1, got {a.rounds}')
     if a.batch_size < 1: p.error(f'--batch-size must be >= 1, got {a.batch_size}')
 
-    from fine_tuning_flm.core import default_device, atomic_write
+    from fine_tuning_flm.core import default_device
     from fine_tuning_flm.data import load_movielens
     from fine_tuning_flm.embeddings import TextEncoder, bundled_model_path
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as tlog
     tlog.disable_progress_bar()                       # sentence-transformers' own model load
 
+    prov = Run(__spec__.name, argv, out=a.out)
+    print(prov.banner(), flush=True)
     texts = load_movielens(a.dataset).items.text.tolist()
     if a.n is not None:
         if not 1 <= a.n <= len(texts): p.error(f'--n must be in [1, {len(texts)}] for {a.dataset}, got {a.n}')
@@ -141,7 +145,7 @@ def main(argv=None):
             rate, out[k] = _rate(f, n)
             rates[k].append(rate)
         print(f'round {r+1}: ' + ', '.join(f'{k} {v[-1]:,.0f}/s' for k, v in rates.items()))
-    res = dict(command='python benchmarks/encode.py ' + ' '.join(argv if argv is not None else sys.argv[1:]), n=n,
+    res = dict(command=prov.start['command'], n=n,
                batch_size=a.batch_size, max_length=a.max_length, device=str(dev), torch=torch.__version__,
                threads=torch.get_num_threads(), cpu=_cpu(), load_before=_load(), rounds=rates)
     med = {k: statistics.median(v) for k, v in rates.items()}
@@ -188,8 +192,7 @@ def main(argv=None):
     else: os.environ['FLM_CACHE'] = old_cache
     print(f'load average after: {_load()}')
     res['load_after'] = _load()
-    if a.out:
-        with atomic_write(a.out, 'w') as fh: json.dump(res, fh, indent=1)
+    prov.write(res, a.out)
     return med
 
 

@@ -1,12 +1,11 @@
-#!/usr/bin/env python
 """Fine-tuning the language model through the ranking objective: frozen vs top_k vs LoRA vs full, 3 seeds.
 
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/finetune_ablation.py --out benchmarks/results/finetune_ablation.json
-    python benchmarks/finetune_ablation.py --quick                       # CI-size smoke test (~3 min)
-    python benchmarks/finetune_ablation.py --parts memory --device cuda  # one part, on a GPU (see --device)
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.finetune_ablation --out benchmarks/results/finetune_ablation.json
+    python -m benchmarks.finetune_ablation --quick                       # CI-size smoke test (~4 min)
+    python -m benchmarks.finetune_ablation --parts memory --device cuda  # one part, on a GPU (see --device)
 
 Every run is `train_flm(..., objective='rank')` (RANK_RECIPE: full-catalogue softmax, pooled history) in its own
-subprocess, so its peak RSS is its own. The configs:
+subprocess (`python -m benchmarks.finetune_ablation --child ...`), so its peak RSS (VmHWM) is its own. The configs:
   - frozen: `text='frozen'`, the pretrained MiniLM's vectors (the LM never trains);
   - frozen-2stage: the control. `text='top_k'` with the LM's learning rate at 0: the same two stages, the same joint
     steps (in-batch softmax, logQ-corrected), the same dropout, but the LM's weights stay. What the fine-tuned rows gain
@@ -17,9 +16,12 @@ subprocess, so its peak RSS is its own. The configs:
     into the LM (top 2 layers; LoRA r=8 on query/key/value; every weight), at `LM_LR[mode]`, on a random sample of
     `--joint-rows` training rows per epoch, batches of `--joint-bs`, at most `--max-items` distinct items per step.
 Parts:
-  - cold: ml-latest-small (its tags are in the item texts), `split('cold_items', pct=0.2, seed=0)`: candidates are the
-    cold items only, relevant = test ratings >= 4; mean per-user ROC AUC and NDCG@10 among the cold items (as
-    `benchmarks/ranking.py`'s cold part); `--seeds` seeds (training seeds; the split is fixed);
+  - cold: ml-latest-small, `split('cold_items', pct=0.2, seed=0)`: candidates are the cold items only, relevant = test
+    ratings >= 4; mean per-user ROC AUC and NDCG@10 among the cold items (`benchmarks.common.cold_metrics`, as
+    `benchmarks.ranking`'s cold part); `--seeds` seeds (training seeds; the split is fixed). Item texts carry the
+    tags of training (user, item) pairs only (`split` rebuilds them, #21): a cold item's text has none;
+  - cold-valid: the same, one level down: the cold part's training side split again (`split('cold_items', pct=0.2,
+    seed=1)`), `--valid-seeds` seeds. `targets()` chooses the fine-tuning mode here, by NDCG@10: the test items choose nothing;
   - warm: ml-100k, Microsoft Recommenders' protocol (`split('recommenders', ratio=0.75, by='item', seed=42)`, every test
     rating relevant, training items removed, top-10 over all items): NDCG@10; `--warm-seeds` seeds;
   - memory: a synthetic catalogue of `--mem-items` items whose texts are ~256-token descriptions, `--mem-ratings`
@@ -27,22 +29,25 @@ Parts:
   - ranker: the PromptRanker (LoRA cross-encoder) trained on `--ranker-pairs` training interactions plus as many hard
     negatives from the frozen FLM's top-50 (unrated items only), then re-ranking that retriever's top-50 for
     `--rank-users` sampled test users of the warm split: NDCG@10 before and after, on the same users.
-Nothing is tuned here: the settings are the library's defaults (RANK_RECIPE, LM_LR), and no test fold chooses anything.
+Nothing is tuned here: the settings are the library's defaults (RANK_RECIPE, LM_LR); the one choice, the best mode of the
+targets, is made on cold-valid, and no test fold chooses anything.
 Results are written (atomically) after every run, so an interrupted run keeps what it finished.
 """
-import argparse, json, os, resource, subprocess, sys, tempfile, time
+import argparse, json, os, subprocess, sys, tempfile, time
 import numpy as np, pandas as pd, torch
+
+from benchmarks.common import cold_metrics as _cold_metrics, movielens, ndcg10, peak_rss_mib, tag_policy
+from benchmarks.provenance import ROOT, Run
 
 MODES = ('top_k', 'lora', 'full')
 CONFIGS = ('frozen', 'frozen-2stage') + MODES
-PARTS = ('cold', 'warm', 'memory', 'ranker')
-
-def peak_mib(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
+PARTS = ('cold', 'cold-valid', 'warm', 'memory', 'ranker')
+COLD_VALID = "the cold split's training side .split('cold_items', pct=0.2, seed=1)"
 
 def lm_params(mode):
     "Weights of the LM that train in `mode` (0 when frozen)."
     from fine_tuning_flm.embeddings import TextEncoder
-    from fine_tuning_flm.finetune import trainable
+    from fine_tuning_flm.towers import trainable
     if mode in ('frozen', 'frozen-2stage'): return 0
     return sum(p.numel() for p in trainable(TextEncoder(), mode).parameters() if p.requires_grad)
 
@@ -65,8 +70,13 @@ def _shrink(d, n_users, n_items, seed=0):
     items = np.sort(r.item.value_counts().index[:n_items].to_numpy())
     r = r[np.isin(r.item.to_numpy(), items)].copy()
     r['user'], r['item'] = np.searchsorted(users, r.user.to_numpy()), np.searchsorted(items, r.item.to_numpy())
-    return Interactions(r.reset_index(drop=True), d.items.iloc[items].reset_index(drop=True), d.users.iloc[users].reset_index(drop=True),
-                        d.scale, f'{d.name} ({len(users)} users x {len(items)} items)', d.path)
+    out = Interactions(r.reset_index(drop=True), d.items.iloc[items].reset_index(drop=True), d.users.iloc[users].reset_index(drop=True),
+                       d.scale, f'{d.name} ({len(users)} users x {len(items)} items)', d.path)
+    if getattr(d, 'tags', None) is not None:             # the tags of the kept pairs, re-coded, so that split() still builds texts from them
+        t = d.tags[np.isin(d.tags.user.to_numpy(), users) & np.isin(d.tags.item.to_numpy(), items)].copy()
+        t['user'], t['item'] = np.searchsorted(users, t.user.to_numpy()), np.searchsorted(items, t.item.to_numpy())
+        out.template, out.tags = d.template, t.reset_index(drop=True)
+    return out
 
 WORDS = ('a detective a city a family secret war love journey ship island storm memory betrayal village king soldier '
          'river night letter train doctor island music school prison desert brother sister mountain winter summer dream '
@@ -83,28 +93,24 @@ def memory_data(a):
                                  text_cols=['title', 'genres', 'plot'])
 
 def data_for(part, a):
-    from fine_tuning_flm.data import load_movielens
-    if part == 'cold':
-        d = load_movielens('ml-latest-small')
+    if part in ('cold', 'cold-valid'):
+        d = movielens('ml-latest-small')
         if a.quick: d = _shrink(d, 120, 400)
-        return d.split('cold_items', pct=0.2, seed=0)
+        trn, tst = d.split('cold_items', pct=0.2, seed=0)
+        return trn.split('cold_items', pct=0.2, seed=1) if part == 'cold-valid' else (trn, tst)
     if part in ('warm', 'ranker'):
-        d = load_movielens('ml-100k')
+        d = movielens('ml-100k')
         if a.quick: d = _shrink(d, 150, 300)
         return d.split('recommenders', ratio=0.75, by='item', seed=42)
     return memory_data(a), None
 
 def cold_metrics(model, test, train):
-    "`benchmarks/ranking.py`'s cold-item metrics (the same candidates and relevance), under this script's names."
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from ranking import cold_metrics as ranking_cold
-    v = ranking_cold(model, test, train)
+    "`benchmarks.common.cold_metrics` (the same candidates and relevance as `benchmarks.ranking`'s cold part), under this script's names."
+    v = _cold_metrics(model, test, train)
     return dict(auc=v['AUC'], ndcg10=v['NDCG@10'], n_users=v['n_users'], n_cold_items=v['n_cold_items'])
 
 def warm_metrics(model, test, train):
-    from fine_tuning_flm.evaluation import evaluate
-    e = evaluate(model, test, train, metrics=['ndcg'], k=10)
-    return dict(ndcg10=float(e.value.iloc[0]), n_users=int(e.n.iloc[0]))
+    return dict(ndcg10=ndcg10(model, test, train), n_users=int(test.ratings.user.nunique()))
 
 def load_stage1(path):
     "A callback that starts the first fit from the frozen run's weights (the LM's own entries are the joint model's)."
@@ -156,10 +162,10 @@ def run_one(part, cfg, seed, a):
     enc = TextEncoder(max_length=256, device=a.device) if part == 'memory' else TextEncoder(device=a.device)
     learn, r = train(cfg, trn, a, seed, part, enc)
     m = learn.model
-    if part == 'cold': r.update(cold_metrics(m, tst, trn))
+    if part in ('cold', 'cold-valid'): r.update(cold_metrics(m, tst, trn))
     elif part == 'warm': r.update(warm_metrics(m, tst, trn))
     r.update(part=part, config=cfg, seed=seed, lm_params=lm_params(cfg), n_train=len(trn), n_items=trn.n_items,
-             seconds=time.perf_counter() - t0, peak_rss_mib=peak_mib())
+             seconds=time.perf_counter() - t0, peak_rss_mib=peak_rss_mib())
     if a.device == 'cuda': r['peak_cuda_mib'] = torch.cuda.max_memory_allocated() / 2**20
     return r
 
@@ -167,8 +173,9 @@ def run_ranker(seed, a):
     "The PromptRanker with hard negatives from the frozen FLM's top-50, re-ranking that FLM's top-50 for sampled test users."
     from fine_tuning_flm.core import set_seed
     from fine_tuning_flm.data import user_texts
-    from fine_tuning_flm.finetune import prompt_ranker_learner
-    from fine_tuning_flm.evaluation import ndcg_at_k, top_items
+    from fine_tuning_flm.experimental import prompt_ranker_learner
+    from fine_tuning_flm.evaluation import top_items
+    from fine_tuning_flm.metrics import ndcg_at_k
     t0 = time.perf_counter()
     set_seed(seed)
     trn, tst = data_for('ranker', a)
@@ -209,14 +216,15 @@ def run_ranker(seed, a):
         hits = np.array([[i in rel[u] for i in row] for u, row in zip(users, lists)])
         r[f'{name}_ndcg10'] = float(ndcg_at_k(hits, n_rel, 10).mean())
     r.update(part='ranker', config='ranker', seed=seed, n_users=len(users), candidates=a.candidates, seconds=time.perf_counter() - t0,
-             peak_rss_mib=peak_mib())
+             peak_rss_mib=peak_rss_mib())
     return r
 
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog='python -m benchmarks.finetune_ablation', description=__doc__.splitlines()[0])
     p.add_argument('--parts', nargs='+', default=list(PARTS), choices=PARTS)
     p.add_argument('--configs', nargs='+', default=list(CONFIGS), choices=CONFIGS)
     p.add_argument('--seeds', type=int, default=3, help='cold part: training seeds 0..n-1')
+    p.add_argument('--valid-seeds', type=int, default=1, help='cold-valid part: seeds (each costs about 0.8 of a cold seed)')
     p.add_argument('--warm-seeds', type=int, default=1, help='warm part: seeds (each costs as much as a cold seed)')
     p.add_argument('--epochs', type=int, default=None, help="epochs with the LM frozen (default RANK_RECIPE's)")
     p.add_argument('--joint-epochs', type=int, default=1)
@@ -239,7 +247,7 @@ def parse(argv):
     a = p.parse_args(argv)
     q, gpu = a.quick, a.device == 'cuda'
     if q:
-        a.seeds, a.warm_seeds = min(a.seeds, 1), min(a.warm_seeds, 1)
+        a.seeds, a.warm_seeds, a.valid_seeds = min(a.seeds, 1), min(a.warm_seeds, 1), min(a.valid_seeds, 1)
         if a.epochs is None: a.epochs = 2
         a.mem_items, a.mem_ratings = min(a.mem_items, 200), min(a.mem_ratings, 3000)
     if a.joint_rows is None: a.joint_rows = 512 if q else (None if gpu else 3072)
@@ -253,8 +261,8 @@ def runs(a):
     out = []
     for part in a.parts:
         if part == 'ranker': out.append(('ranker', 'ranker', 0)); continue
-        n = {'cold': a.seeds, 'warm': a.warm_seeds, 'memory': 1}[part]
-        cfgs = [c for c in a.configs if not (part == 'memory' and c == 'frozen-2stage')]   # memory: the control is top_k's
+        n = {'cold': a.seeds, 'cold-valid': a.valid_seeds, 'warm': a.warm_seeds, 'memory': 1}[part]
+        cfgs = [c for c in a.configs if not (part in ('memory', 'cold-valid') and c == 'frozen-2stage')]   # memory: the control is top_k's; cold-valid chooses a mode
         if part != 'memory': cfgs = ['frozen'] + [c for c in cfgs if c != 'frozen']     # the joint runs start from the frozen run
         out += [(part, c, s) for s in range(n) for c in cfgs]
     return out
@@ -281,21 +289,28 @@ def md(summ):
     return '\n'.join(lines)
 
 def targets(summ):
-    "The issue's targets, from the summary: cold gain of the best fine-tuned mode, warm loss, memory."
+    """The issue's targets, from the summary. The best fine-tuned mode is the one with the highest NDCG@10 on cold-valid (a
+    cold-item split of the training side); its cold gain, warm loss and memory are then read on the test side."""
     by = {(r['part'], r['config']): r for r in summ}
     out = {}
     fz = by.get(('cold', 'frozen'))
-    tuned = [by[('cold', m)] for m in MODES if ('cold', m) in by]
-    if fz and tuned:
-        best = max(tuned, key=lambda r: r['ndcg10'])
-        diff = best['ndcg10'] - fz['ndcg10']
-        out['cold'] = dict(best=best['config'], best_ndcg10=best['ndcg10'], frozen_ndcg10=fz['ndcg10'], rel_gain=diff / fz['ndcg10'],
-                           diff=diff, two_std=2 * max(best['ndcg10_std'], fz['ndcg10_std']), met_10pct=diff / fz['ndcg10'] >= 0.10,
-                           met_2std=diff > 2 * max(best['ndcg10_std'], fz['ndcg10_std']) and best['seeds'] > 1)
-        ctl = by.get(('cold', 'frozen-2stage'))
-        if ctl: out['cold'].update(control_ndcg10=ctl['ndcg10'], gain_over_control=best['ndcg10'] - ctl['ndcg10'])
+    valid = {m: by[('cold-valid', m)] for m in MODES if ('cold-valid', m) in by}
+    if fz and not valid:
+        out['cold'] = dict(best=None, note='no cold-valid run of a fine-tuned mode: no mode chosen (the test side chooses nothing)')
+    if fz and valid:
+        choice = max(valid, key=lambda m: valid[m]['ndcg10'])
+        best = by.get(('cold', choice))
+        out['cold'] = dict(best=choice, chosen_on=COLD_VALID, validation_ndcg10={m: v['ndcg10'] for m, v in valid.items()},
+                           validation_frozen_ndcg10=by.get(('cold-valid', 'frozen'), {}).get('ndcg10'))
+        if best:
+            diff = best['ndcg10'] - fz['ndcg10']
+            out['cold'].update(best_ndcg10=best['ndcg10'], frozen_ndcg10=fz['ndcg10'], rel_gain=diff / fz['ndcg10'], diff=diff,
+                               two_std=2 * max(best['ndcg10_std'], fz['ndcg10_std']), met_10pct=diff / fz['ndcg10'] >= 0.10,
+                               met_2std=diff > 2 * max(best['ndcg10_std'], fz['ndcg10_std']) and best['seeds'] > 1)
+            ctl = by.get(('cold', 'frozen-2stage'))
+            if ctl: out['cold'].update(control_ndcg10=ctl['ndcg10'], gain_over_control=best['ndcg10'] - ctl['ndcg10'])
     wf = by.get(('warm', 'frozen'))
-    if wf and ('cold' in out) and ('warm', out['cold']['best']) in by:
+    if wf and out.get('cold', {}).get('best') and ('warm', out['cold']['best']) in by:
         w = by[('warm', out['cold']['best'])]
         out['warm'] = dict(config=w['config'], ndcg10=w['ndcg10'], frozen_ndcg10=wf['ndcg10'], diff=w['ndcg10'] - wf['ndcg10'],
                            met=w['ndcg10'] - wf['ndcg10'] >= -0.005)
@@ -303,13 +318,8 @@ def targets(summ):
     if mem: out['memory'] = dict(peak_rss_mib={r['config']: r['peak_rss_mib'] for r in mem}, met=all(r['peak_rss_mib'] < 8192 for r in mem))
     return out
 
-def _write(fn, res):
-    "JSON, written atomically (a reader never sees half a file)."
-    from fine_tuning_flm.core import atomic_write
-    with atomic_write(fn, 'w') as fh: json.dump(res, fh, indent=1, default=float)
-
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [str(x) for x in (sys.argv[1:] if argv is None else argv)]
     a = parse(argv)
     if a.child:
         part, cfg, seed = a.child
@@ -319,10 +329,11 @@ def main(argv=None):
         with open(a.result, 'w') as fh: json.dump(res, fh, default=float)
         return res
     from fine_tuning_flm.learner import RANK_RECIPE, LM_LR
-    t0 = time.perf_counter()
+    prov = Run(__spec__.name, argv, out=a.out)
+    print(prov.banner(), flush=True)
     settings = {k: v for k, v in vars(a).items() if k not in ('child', 'result', 'out')}
-    res = dict(command='python benchmarks/finetune_ablation.py ' + ' '.join(argv), settings=settings, recipe=RANK_RECIPE, lm_lr=LM_LR,
-               date=time.strftime('%Y-%m-%d'), runs=[])
+    res = dict(command=prov.start['command'], settings=settings, recipe=RANK_RECIPE.asdict(), lm_lr=LM_LR, date=prov.start['date'],
+               item_text_tags=tag_policy(movielens('ml-latest-small')) if {'cold', 'cold-valid'} & set(a.parts) else None, runs=[], summary=[], targets={})
     print(f"settings: {settings}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for part, cfg, seed in runs(a):
@@ -331,7 +342,7 @@ def main(argv=None):
             if part not in ('memory', 'ranker') and cfg != 'frozen' and not os.path.exists(st1):
                 print(f"[{part}] {cfg} seed {seed}: skipped, its frozen run failed", flush=True); continue
             t = time.perf_counter()
-            p = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, '--child', part, cfg, str(seed), '--result', fn, '--stage1', st1])
+            p = subprocess.run([sys.executable, '-m', __spec__.name, *argv, '--child', part, cfg, str(seed), '--result', fn, '--stage1', st1], cwd=ROOT)
             wall = time.perf_counter() - t
             if p.returncode != 0 or not os.path.exists(fn):
                 print(f"[{part}] {cfg} seed {seed}: FAILED (exit {p.returncode}) after {wall:.0f}s", flush=True)
@@ -343,15 +354,15 @@ def main(argv=None):
                 print(f"[{part}] {cfg} seed {seed}: {show} LM {r.get('lm_s_per_epoch', 0):.0f}s/joint epoch, peak RSS {r['peak_rss_mib']:,.0f} MiB, "
                       f"{wall:.0f}s", flush=True)
             res['summary'] = summary(res['runs']); res['targets'] = targets(res['summary'])
-            if a.out: _write(a.out, dict(res, partial=True))        # what finished survives an interrupted run
-    res['wall_seconds'] = time.perf_counter() - t0
+            if a.out: prov.write(dict(res, partial=True), a.out)          # what finished survives an interrupted run
+    p = prov.record()
+    res['wall_seconds'] = p['wall_seconds']
     print('\n' + md(res['summary']))
     print('\ntargets:', json.dumps(res['targets'], indent=1, default=float))
     rk = [r for r in res['runs'] if r['part'] == 'ranker' and 'failed' not in r]
     for r in rk: print(f"\nPromptRanker, {r['n_users']} test users: retriever NDCG@10 {r['retriever_ndcg10']:.4f}, re-ranked {r['reranked_ndcg10']:.4f} "
                        f"({r['ranker_train_prompts']:,} training prompts, {r['ranker_hard_negatives']:,} hard negatives, {r['ranker_train_seconds']:.0f}s)")
     print(f"\ntotal wall time {res['wall_seconds']:.0f}s")
-    if a.out: _write(a.out, res)
-    return res
+    return prov.write(res, a.out, p)
 
 if __name__ == '__main__': main()

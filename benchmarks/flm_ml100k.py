@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 """FLM (frozen MiniLM text) against its peers on ml-100k's official folds, all measured in one run.
 
-    python benchmarks/flm_ml100k.py                     # u1-u5, cold items, time to SVD's RMSE
-    python benchmarks/flm_ml100k.py --folds u1 --no-fastai --out results.json
+    python -m benchmarks.flm_ml100k --out benchmarks/results/flm_ml100k.json   # u1-u5, cold items, time to SVD's RMSE
+    python -m benchmarks.flm_ml100k --folds u1 --epochs 3 --no-fastai --no-cold  # a short run
 
 Prints one table per part and, with --out, writes every number as JSON (the notebooks show that file).
 Peers: Surprise SVD (default parameters, the fastest peer) and fastai's EmbeddingDotBias (collab_learner,
@@ -10,15 +9,16 @@ Peers: Surprise SVD (default parameters, the fastest peer) and fastai's Embeddin
 user text: demographics only. The FLM uses `train_flm`'s recipe, a fixed number of epochs, final weights:
 the test fold is never used to choose anything.
 """
-import argparse, json, os, sys, time
-import numpy as np, pandas as pd, torch
+import argparse, sys, time
+import pandas as pd, torch
 
-from fine_tuning_flm.core import set_seed
-from fine_tuning_flm.data import load_movielens
-from fine_tuning_flm.learner import FLM_RECIPE, text_vectors, train_flm
-from fine_tuning_flm.evaluation import UserMean, rmse
-from fine_tuning_flm.core import atomic_write
 from fastai.callback.core import Callback
+from fine_tuning_flm.core import set_seed
+from fine_tuning_flm.evaluation import UserMean
+from fine_tuning_flm.learner import FLM_RECIPE, text_vectors, train_flm
+from fine_tuning_flm.metrics import rmse
+from benchmarks.common import movielens
+from benchmarks.provenance import Run
 
 def svd_fold(trn, tst, seed=0):
     from surprise import SVD, Dataset, Reader
@@ -61,7 +61,8 @@ def flm_fold(trn, tst, iv, uv, **kw):
     return rmse(m.predict(tst.ratings.user, tst.ratings.item, cold=True), tst.ratings.rating), fit, clock.log
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = [str(x) for x in (sys.argv[1:] if argv is None else argv)]
+    p = argparse.ArgumentParser(prog='python -m benchmarks.flm_ml100k', description=__doc__.splitlines()[0])
     p.add_argument('--folds', nargs='+', default=['u1', 'u2', 'u3', 'u4', 'u5'])
     p.add_argument('--no-fastai', action='store_true', help='skip the fastai EmbeddingDotBias peer (~25 s/fold here)')
     p.add_argument('--no-cold', action='store_true', help='skip the cold-item part')
@@ -70,8 +71,10 @@ def main(argv=None):
     p.add_argument('--out', default=None, help='write all numbers here as JSON')
     a = p.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
-    data = load_movielens('ml-100k')
-    res = dict(recipe=FLM_RECIPE, folds={}, command='python benchmarks/flm_ml100k.py ' + ' '.join(argv if argv is not None else sys.argv[1:]))
+    prov = Run(__spec__.name, argv, out=a.out)
+    print(prov.banner(), flush=True)
+    data = movielens('ml-100k')
+    res = dict(recipe=FLM_RECIPE.asdict(), folds={}, command=prov.start['command'], date=prov.start['date'])
     t = time.perf_counter()
     trn0, _ = data.split('official', fold=a.folds[0])
     iv, uv = text_vectors(trn0)                  # user texts are demographics only: the same for every fold
@@ -108,10 +111,9 @@ def main(argv=None):
         um = UserMean().fit(ctrn).predict(ctst.ratings.user, ctst.ratings.item, cold=True)
         res['cold_items'] = dict(flm_text_path_rmse=cold, user_mean_rmse=rmse(um, ctst.ratings.rating), n_test=len(ctst))
         print(f"\ncold items (20% of items held out, seed 0): FLM text path RMSE {cold:.4f}, user-mean baseline {res['cold_items']['user_mean_rmse']:.4f}")
-    res['wall_seconds'] = time.perf_counter() - t
+    p = prov.record()
+    res['wall_seconds'] = p['wall_seconds']
     print(f"\nwall time {res['wall_seconds']:.0f}s")
-    if a.out:
-        with atomic_write(a.out, 'w') as fh: json.dump(res, fh, indent=1)
-    return res
+    return prov.write(res, a.out, p)
 
 if __name__ == '__main__': main()

@@ -1,21 +1,20 @@
-#!/usr/bin/env python
 """Tune `RANK_RECIPE` on a validation split carved out of the training side only: the test side is never read.
 
-    python benchmarks/tune_rank.py --out benchmarks/results/tune_rank.json
-    python benchmarks/tune_rank.py --quick           # a CI-size smoke run (a 20 % user sample, 2 epochs)
+    python -m benchmarks.tune_rank --out benchmarks/results/tune_rank.json
+    python -m benchmarks.tune_rank --quick           # a CI-size smoke run (a 20 % sample, 2 epochs)
 
 Data: ml-100k, Microsoft Recommenders' split (`split('recommenders', ratio=0.75, by='item', seed=42)`); its training
 side is split again the same way (ratio 0.8, seed 1) into fit and validation parts. Coordinate descent: starting
 from `RANK_RECIPE`, each setting in turn takes the grid value with the best validation NDCG@10 (full catalogue,
 the user's fit items left out), the others held. Every run, its settings and its score are written to `--out`.
 """
-import argparse, json, os, platform, sys, time
-from datetime import datetime, timezone
-import numpy as np, torch
+import argparse, json, os, sys, time
+import torch
 
-from fine_tuning_flm.core import atomic_write, set_seed
-from fine_tuning_flm.data import load_movielens
+from fine_tuning_flm.core import set_seed
 from fine_tuning_flm.learner import RANK_RECIPE, text_vectors, train_flm
+from benchmarks.common import movielens
+from benchmarks.provenance import Run
 
 GRID = {'bs': [1024, 4096], 'reg': [0.01, 0.03, 0.1], 'n_factors': [32, 64, 128], 'epochs': [6, 8, 12], 'history': [False, True],
         'lr': [5e-3, 1e-2, 2e-2, 4e-2], 'id_dropout': [0.0, 0.1, 0.3], 'temperature': [0.5, 1.0, 2.0], 'text': ['frozen', None]}
@@ -29,17 +28,20 @@ def run(fit, val, iv, uv, settings, progress=False):
     return score, time.perf_counter() - t
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = [str(x) for x in (sys.argv[1:] if argv is None else argv)]
+    p = argparse.ArgumentParser(prog='python -m benchmarks.tune_rank', description=__doc__.splitlines()[0])
     p.add_argument('--out', default=None); p.add_argument('--quick', action='store_true')
     p.add_argument('--params', nargs='*', default=list(GRID), help='settings to tune, in order')
     a = p.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    data = load_movielens('ml-100k')
+    prov = Run(__spec__.name, argv, out=a.out)
+    print(prov.banner(), flush=True)
+    data = movielens('ml-100k')
     if a.quick: data = data.sample(0.2, seed=0)
     trn, _ = data.split('recommenders', ratio=0.75, by='item', seed=42)
     fit, val = trn.split('recommenders', ratio=0.8, by='item', seed=1)
     iv, uv = text_vectors(fit)
-    best = {k: RANK_RECIPE.get(k, 'frozen' if k == 'text' else None) for k in GRID if k in RANK_RECIPE or k == 'text'}
+    best = {k: RANK_RECIPE[k] if k in RANK_RECIPE else 'frozen' for k in GRID if k in RANK_RECIPE or k == 'text'}
     if a.quick: best['epochs'] = 2
     runs, cache = [], {}
     def score(s):
@@ -59,13 +61,11 @@ def main(argv=None):
         best[k] = choice
     final = score(dict(best))
     print(f"chosen: {best}  valid NDCG@10 {final:.4f} (start {base:.4f})")
-    if a.out:
-        res = dict(command=' '.join(['python', 'benchmarks/tune_rank.py'] + (argv if argv is not None else sys.argv[1:])),
-                   date=datetime.now(timezone.utc).isoformat(timespec='seconds'), loadavg=os.getloadavg()[0],
-                   torch=torch.__version__, machine=platform.machine(), fit_ratings=len(fit), valid_ratings=len(val),
-                   start=dict(settings=runs[0]['settings'], ndcg10=base),
-                   chosen=dict(settings=best, ndcg10=final), runs=runs)
-        with atomic_write(a.out, 'w') as f: json.dump(res, f, indent=1)
-        print(f"wrote {a.out}")
+    res = dict(command=prov.start['command'], date=prov.start['date'], fit_ratings=len(fit), valid_ratings=len(val),
+               split="ml-100k .split('recommenders', ratio=0.75, by='item', seed=42), its training side .split('recommenders', ratio=0.8, by='item', seed=1)",
+               start=dict(settings=runs[0]['settings'], ndcg10=base), chosen=dict(settings=best, ndcg10=final), runs=runs)
+    prov.write(res, a.out)
+    if a.out: print(f"wrote {a.out}")
+    return res
 
 if __name__ == '__main__': main()
