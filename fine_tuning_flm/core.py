@@ -152,6 +152,7 @@ def save_safetensors(path:str|Path, tensors:dict, **meta) -> Path:
     with atomic_write(path) as f: f.write(safetensors_bytes(tensors, **meta))
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #6fa7554b
 def safetensors_header(
     raw:bytes, # the bytes of a safetensors file
     name='the data', # what to call it in an error
@@ -164,6 +165,7 @@ def safetensors_header(
         return h.pop('__metadata__', None) or {}, {k: tuple(v['shape']) for k, v in h.items()}
     except (ValueError, TypeError, KeyError, AttributeError): raise ValueError(f"{name}: not a safetensors file") from None
 
+# %% ../nbs/00_core.ipynb #9d16d0a0
 def load_safetensors(
     src:str|Path|bytes, # a file, or its bytes
     key:str|None=None, # a metadata entry the file must have
