@@ -82,6 +82,7 @@ def ndcg_at_k(hits, # (users, ranks) bool
     idcg = torch.cat([torch.zeros(1, dtype=torch.float64), d.cumsum(0)])[n.clamp(max=k).long()]
     return dcg / idcg
 
+# %% ../nbs/01_metrics.ipynb #45344184
 def map_at_k(hits, # (users, ranks) bool
              n_rel, # (users,) number of relevant items per user
              k:int=10) -> torch.Tensor:
@@ -90,11 +91,13 @@ def map_at_k(hits, # (users, ranks) bool
     prec = h.cumsum(1) / torch.arange(1, h.shape[1] + 1, dtype=torch.float64)
     return (prec * h).sum(1) / n.clamp(max=k)
 
+# %% ../nbs/01_metrics.ipynb #5428e872
 def hit_rate_at_k(hits, # (users, ranks) bool
                   k:int=10) -> torch.Tensor:
     "Per user: 1 if any of the top `k` is relevant, else 0."
     return (_hits(hits, k).sum(1) > 0).to(torch.float64)
 
+# %% ../nbs/01_metrics.ipynb #7889bf4c
 def mrr(hits, # (users, ranks) bool, usually the whole ranked catalogue
         k:int|None=None, # cut the lists at `k` (MRR@k); None: use every rank given
        ) -> torch.Tensor:
@@ -115,6 +118,7 @@ def rank_rows(scores, # (users, items) float tensor without NaN
     order = torch.from_numpy(order)
     return order, s.gather(1, order)
 
+# %% ../nbs/01_metrics.ipynb #11ec6e9f
 def auc_of_ranked(values, # (users, items) scores sorted descending, -inf (non-candidates) last
                 hits, # (users, items) bool, relevance in the same order
                 n_cand, # (users,) number of candidates per row
@@ -129,6 +133,7 @@ def auc_of_ranked(values, # (users, items) scores sorted descending, -inf (non-c
     n_pos = hits.sum(1).to(torch.float64); n_neg = to_tensor(n_cand) - n_pos
     return ((rank * hits).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
+# %% ../nbs/01_metrics.ipynb #d2e33e8f
 def auc(scores, # (users, items): higher is ranked first
         relevant, # (users, items) bool: the positives
         candidates=None, # (users, items) or (items,) bool: the items that take part; default all
