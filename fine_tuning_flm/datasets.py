@@ -127,6 +127,43 @@ def _draw_items(rng, users, like, by, cdf, n_items, chunk=1 << 21):
         out[s:s + chunk] = by[np.minimum(np.searchsorted(cdf, t + rng.random(len(u))), n_items - 1)]
     return out
 
+# %% ../nbs/02_datasets.ipynb #0e4a8386
+def _synthetic_films(ri, n_items, rank, n_tastes, popularity):
+    "The catalogue, from its own stream `ri`: each film's cluster, factors, bias, popularity and movieId, and movies.csv."
+    taste = ri.integers(0, n_tastes, n_items)                            # each film's cluster
+    centre = ri.normal(0, 1, (n_tastes, rank))
+    q = (centre[taste] + ri.normal(0, 0.5, (n_items, rank))) / np.sqrt(rank)
+    bi = ri.normal(0, 0.4, n_items)
+    pos = np.empty(n_items, np.int64); pos[ri.permutation(n_items)] = np.arange(n_items)
+    pop = (pos // n_tastes + 6.0) ** -popularity
+    ids = np.sort(ri.choice(209_171, n_items, replace=False) + 1)       # ml-25m's movieIds run to 209,171 with gaps
+    genres = ['|'.join(_GENRES[g] for g in sorted(ri.choice(len(_GENRES), ri.integers(1, 4), replace=False))) for _ in range(n_tastes)]
+    w, year = ri.integers(0, len(_WORDS), (n_items, 2)), ri.integers(1920, 2020, n_items)
+    movies = pd.DataFrame({'movieId': ids, 'title': [f'{_WORDS[a]} {_WORDS[b]} {k} ({y})' for k, ((a, b), y) in enumerate(zip(w, year))],
+                           'genres': [genres[t] for t in taste]})
+    return taste, centre, q, bi, pop, ids, movies
+
+# %% ../nbs/02_datasets.ipynb #318428a9
+def _cluster_cdf(taste, pop, n_tastes):
+    "Films sorted by cluster (`by`), and their popularity's running share inside each cluster plus the cluster's index (`cdf`): `_draw_items` finds a film of cluster t by searching t + a uniform draw in `cdf`."
+    by = np.argsort(taste, kind='stable'); starts = np.searchsorted(taste[by], np.arange(n_tastes + 1))
+    cdf = np.concatenate([np.cumsum(pop[by][a:b]) / max(pop[by][a:b].sum(), 1e-300) + t for t, (a, b) in enumerate(zip(starts[:-1], starts[1:]))])
+    return by, cdf
+
+# %% ../nbs/02_datasets.ipynb #6efa3649
+def _distinct_pairs(rng, counts, like, by, cdf, n_items):
+    "(user, film) codes, sorted: `counts[u]` distinct films for each user `u`, from the user's clusters by popularity (then uniformly)."
+    n_users = len(counts)
+    keys, short = np.zeros(0, np.int64), counts
+    for it in range(100):                                                # draw, drop repeated (user, film) pairs, draw what is missing
+        u = np.repeat(np.arange(n_users), short)
+        j = _draw_items(rng, u, like, by, cdf, n_items) if it < 4 else rng.integers(0, n_items, len(u))   # then uniformly: heavy raters run out of their clusters
+        keys = np.sort(np.concatenate([keys, u * n_items + j])); del u, j
+        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]                  # unique (a sort: numpy's hashing unique is slower here)
+        short = counts - np.bincount(keys // n_items, minlength=n_users)
+        if not short.any(): break
+    return keys // n_items, keys % n_items
+
 # %% ../nbs/02_datasets.ipynb #e570164c
 def synthetic_ratings(
     n_ratings:int=25_000_095, # ml-25m's
@@ -141,33 +178,14 @@ def synthetic_ratings(
 ) -> tuple:
     "`(ratings, movies)` shaped like ml-25m's ratings.csv (userId, movieId, rating, timestamp; sorted by user and film) and movies.csv (movieId, title, genres): a long tail of popularity, a planted low-rank taste, a text per film."
     ri, rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])   # the catalogue's own stream: the same films at every size
-    taste = ri.integers(0, n_tastes, n_items)                            # each film's cluster
-    centre = ri.normal(0, 1, (n_tastes, rank))
-    q = (centre[taste] + ri.normal(0, 0.5, (n_items, rank))) / np.sqrt(rank)
-    bi = ri.normal(0, 0.4, n_items)
-    pos = np.empty(n_items, np.int64); pos[ri.permutation(n_items)] = np.arange(n_items)
-    pop = (pos // n_tastes + 6.0) ** -popularity
-    ids = np.sort(ri.choice(209_171, n_items, replace=False) + 1)       # ml-25m's movieIds run to 209,171 with gaps
-    genres = ['|'.join(_GENRES[g] for g in sorted(ri.choice(len(_GENRES), ri.integers(1, 4), replace=False))) for _ in range(n_tastes)]
-    w, year = ri.integers(0, len(_WORDS), (n_items, 2)), ri.integers(1920, 2020, n_items)
-    movies = pd.DataFrame({'movieId': ids, 'title': [f'{_WORDS[a]} {_WORDS[b]} {k} ({y})' for k, ((a, b), y) in enumerate(zip(w, year))],
-                           'genres': [genres[t] for t in taste]})
+    taste, centre, q, bi, pop, ids, movies = _synthetic_films(ri, n_items, rank, n_tastes, popularity)
     n_users = max(1, round(162_541 * n_ratings / 25_000_095)) if n_users is None else n_users
     counts = _user_counts(rng, n_users, n_ratings, min_per_user, max(1, n_items // 2))
     like = rng.dirichlet(np.full(n_tastes, 0.3), n_users).astype(np.float32)   # each user's mix of clusters
     p = (like @ centre * 2 + rng.normal(0, 0.7, (n_users, rank))) / np.sqrt(rank)   # users rate higher what they choose
     bu = rng.normal(0, 0.3, n_users)
-    by = np.argsort(taste, kind='stable'); starts = np.searchsorted(taste[by], np.arange(n_tastes + 1))
-    cdf = np.concatenate([np.cumsum(pop[by][a:b]) / max(pop[by][a:b].sum(), 1e-300) + t for t, (a, b) in enumerate(zip(starts[:-1], starts[1:]))])
-    keys, short = np.zeros(0, np.int64), counts
-    for it in range(100):                                                # draw, drop repeated (user, film) pairs, draw what is missing
-        u = np.repeat(np.arange(n_users), short)
-        j = _draw_items(rng, u, like, by, cdf, n_items) if it < 4 else rng.integers(0, n_items, len(u))   # then uniformly: heavy raters run out of their clusters
-        keys = np.sort(np.concatenate([keys, u * n_items + j])); del u, j
-        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]                  # unique (a sort: numpy's hashing unique is slower here)
-        short = counts - np.bincount(keys // n_items, minlength=n_users)
-        if not short.any(): break
-    u, i = keys // n_items, keys % n_items; del keys
+    by, cdf = _cluster_cdf(taste, pop, n_tastes)
+    u, i = _distinct_pairs(rng, counts, like, by, cdf, n_items)
     s = 3.15 + bu[u] + bi[i] + 1.6 * np.einsum('nr,nr->n', p[u], q[i]) + rng.normal(0, noise, n_ratings)
     s = np.where(rng.random(n_ratings) < 0.35, np.round(s * 2) / 2, np.round(s))   # like MovieLens users, mostly whole stars
     ratings = pd.DataFrame({'userId': u + 1, 'movieId': ids[i], 'rating': np.clip(s, 0.5, 5),
