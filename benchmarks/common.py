@@ -24,26 +24,17 @@ def peak_rss_mib() -> float: return peak_rss_bytes() / 2**20
 
 # ---------------------------------------------------------------------------------------------------- data
 def movielens(name:str, **kw):
-    """`load_movielens(name)` whose item texts never carry a held-out user's tags.
-
-    With #21's data API (`Interactions.tags`), `split` rebuilds each side's item texts from the tags of its training
-    pairs only, so the data is returned as loaded. A library without it wrote every user's tags into the texts before any
-    split: then the tags are dropped here."""
-    from fine_tuning_flm.data import ITEM_TEMPLATE, item_texts, load_movielens
+    """`load_movielens(name)`: its user tags (ml-latest-small, ml-25m) stay in `Interactions.tags`, and `split` builds each
+    side's item texts from the tags of that side's training pairs only (#21), so no held-out user's words reach a text."""
+    from fine_tuning_flm.data import load_movielens
     d = load_movielens(name, **kw)
-    if hasattr(d, 'tags'): return d
-    # TODO(#21): remove this branch once the library's split-aware tags are committed (fine_tuning_flm.data, Interactions.tags)
-    if 'tags' in d.items.columns:
-        items = d.items.drop(columns=['tags'])
-        items['text'] = item_texts(items.drop(columns='text'), ITEM_TEMPLATE)
-        d.items = items
+    if not hasattr(d, 'tags'): raise RuntimeError('benchmarks need the split-aware tags of #21 (Interactions.tags): update fine_tuning_flm')
     return d
 
 def tag_policy(d) -> str:
     "How the item texts of `d` (from `movielens`) use tags, in words for the results file."
     if getattr(d, 'tags', None) is not None and len(d.tags):
         return "user tags in the item text, rebuilt by split() from the training side's (user, item) pairs only (Interactions.tags, #21)"
-    if 'tags' in d.items.columns and (d.items.tags.astype(str) != '').any(): return 'user tags in the item text (NOT split-aware)'
     return 'no tags in the item text'
 
 def restrict(test, train):

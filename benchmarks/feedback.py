@@ -1,137 +1,263 @@
-#!/usr/bin/env python
 """Explore or exploit: our policies against greedy, popularity and MABWiser's LinUCB/LinTS in one replay simulation.
 
-    python benchmarks/feedback.py --out benchmarks/results/feedback.json          # 5 seeds, T = 20 rounds (about half an hour on 2 cores)
-    python benchmarks/feedback.py --quick                                         # CI-size: 2 seeds, 10 users, 5 rounds, no MABWiser
+    python -m benchmarks.feedback --users 30 --out benchmarks/results/feedback.json   # 5 seeds, T = 20 rounds (about 45 min on 2 cores)
+    python -m benchmarks.feedback --quick                                            # CI-size: 2 seeds, 10 users, 5 rounds, 1-point grids
 
 Protocol (`feedback.simulate`, Li et al. 2011's replay): ml-100k, `split('cold_users', pct=0.2, seed=0)`. The FLM
 (`train_flm(objective='both')`, trained once on the training side) never saw the held-out users. Each one arrives
 with 0-2 of their own ratings; each round a policy shows k = 5 items it has not shown them before; an item the user
 rated is revealed (a rating >= 4 is a click, any other rating no click), an item they never rated counts as no click;
 the model learns the revealed ratings through `Recommender.update`; T = 20 rounds. Reported per policy: cumulative
-clicks per user at T (mean and std over seeds) and the share of the catalogue shown to anyone.
+clicks per user at T (mean and std over seeds, and every seed) and the share of the catalogue shown to anyone.
 
-The peer, MABWiser (`pip install mabwiser`): LinUCB and LinTS (alpha 1, l2 1), one bandit over every item (the arms),
-shared by all users and learned online from their feedback in the same simulation, warm-started on the training side
-(a training rating >= 4 is a reward of 1). The context of a user is the mean MiniLM text vector of the items they
-clicked so far (zeros before the first click), reduced to 16 dimensions by a PCA of the item vectors, plus a constant:
-the same item text our FLM reads, without our trained factors.
+The peer, MABWiser (`MabwiserPolicy`): LinUCB and LinTS, given what our model is given.
+- Arms: every item, one disjoint linear model per arm (MABWiser's design), shared by all users.
+- Context of a user: [mean of the FLM's item vectors of the items they rated >= 4, mean of those they rated below, 1]:
+  the ratings our model holds for them (`Recommender.user_ratings`: the start ratings `simulate` gives it, then every
+  revealed rating). The item vectors are the trained FLM's effective item vectors (ID part + projected text,
+  `FLM.item_parts`), reduced to `--mab-dims` by PCA: the same vectors our linear policies score with.
+- Warm start on the training side, in time order: the context of each training rating is built from the user's earlier
+  ratings only (never from the rated item itself); a rating >= 4 is a reward of 1, any other rating 0, and
+  `--mab-negatives` unrated items per rating are rewards of 0 (a shown item the user never rated is no click).
+- In the simulation: at a user's first list the bandit learns their start ratings (in the order they come); after each
+  list it learns every shown item, clicked (1) or not (0, the shown-but-unclicked negatives, unrated ones included),
+  with the context the list was chosen with. Candidates: the items `simulate` lets every policy show (not rated, not shown).
+- The one difference we leave: the bandit learns across held-out users as they arrive; our model's item side stays fixed.
+- Its alpha and l2 are chosen (`--mab-alphas` x `--mab-l2s`, 2 seeds, up to 10 rounds) exactly as ours are:
 
-LinUCB's alpha and Thompson sampling's posterior scale are chosen (a small grid, 2 seeds, up to 10 rounds) on a second
+LinUCB's alpha and Thompson sampling's posterior scale (ours), and MABWiser's alpha and l2, are chosen on a second
 `cold_users` split of the training side, with a model trained on the rest of it: the test users choose nothing.
 
-Also timed in the same run: `update` for one user with 5 new ratings against `refit` (a warm-started 2-epoch retrain).
+Also timed in the same run, for the same work (learning 5 new ratings of one held-out user): `update` (re-folds that user
+from their ratings; median of `--repeats`) and `refit` (a warm-started 1-epoch retrain on every rating; median of
+`--refit-repeats`). They are reported side by side, not as a ratio: they are not the same amount of computation.
 """
-import argparse, copy, datetime, json, os, platform, sys, time
+import argparse, copy, statistics, sys, time
 import numpy as np, pandas as pd, torch
 
-from fine_tuning_flm.core import atomic_write, set_seed
-from fine_tuning_flm.data import load_movielens
+from fine_tuning_flm.core import evaluating, set_seed
+from fine_tuning_flm.feedback import simulate
 from fine_tuning_flm.learner import text_vectors, train_flm
 from fine_tuning_flm.recommend import Recommender
-from fine_tuning_flm.feedback import simulate
+from benchmarks.common import mean_std, movielens
+from benchmarks.provenance import Run
+
+OURS = ('greedy', 'epsilon', 'popularity', 'linucb', 'thompson')
+PEERS = ('MABWiser-LinUCB', 'MABWiser-LinTS')
+LIKE = 4.0
+
+def flm_item_vectors(rec, dims:int) -> np.ndarray:
+    "The model's effective item vectors (cold items: their text part), centred and reduced to `dims` by PCA."
+    m = rec.model
+    with torch.no_grad(), evaluating(m): q, _ = m.item_parts(torch.arange(m.n_items), m.seen_items.float())
+    q = q.double().numpy()
+    q = q - q.mean(0)
+    _, _, vt = np.linalg.svd(q, full_matrices=False)
+    return q @ vt[:dims].T
+
+def profile(Z, items, ratings, like=LIKE) -> np.ndarray:
+    "A user's context from their ratings: [mean vector of the liked items, mean of the others, 1] (zeros where there are none)."
+    items, ratings = np.asarray(items, np.int64), np.asarray(ratings, float)
+    pos, neg = items[ratings >= like], items[ratings < like]
+    mean = lambda ix: Z[ix].mean(0) if len(ix) else np.zeros(Z.shape[1])
+    return np.r_[mean(pos), mean(neg), 1.0]
+
+def sequential_contexts(Z, users, items, liked) -> np.ndarray:
+    "For rows sorted by user (then time): each row's context from the same user's earlier rows only."
+    n = len(users)
+    start = np.r_[0, np.flatnonzero(np.diff(users)) + 1]
+    first = np.repeat(start, np.diff(np.r_[start, n]))                  # each row's group start
+    def excl_mean(mask):
+        X = Z[items] * mask[:, None]
+        cs = np.vstack([np.zeros((1, Z.shape[1])), np.cumsum(X, 0)])   # cs[i] = sum of rows < i
+        cn = np.r_[0, np.cumsum(mask)]
+        s, c = cs[np.arange(n)] - cs[first], cn[np.arange(n)] - cn[first]
+        return s / np.maximum(c, 1)[:, None]
+    return np.hstack([excl_mean(liked.astype(float)), excl_mean((~liked).astype(float)), np.ones((n, 1))])
 
 class MabwiserPolicy:
-    "MABWiser's LinUCB or LinTS as a policy of `simulate`: a shared bandit over every item, with the user's clicked-text profile as context."
-    def __init__(self, rec, train, kind='LinUCB', dims=16, seed=0):
+    "MABWiser's LinUCB or LinTS as a policy of `simulate`, with our model's inputs (see the module's docstring)."
+    def __init__(self, rec, train, kind='LinUCB', alpha=1.0, l2=1.0, dims=16, negatives=4, seed=0):
         from mabwiser.mab import MAB, LearningPolicy
-        v = rec.model.i_text.vectors.numpy().astype(np.float64)
-        self.mean = v.mean(0); u, s, vt = np.linalg.svd(v - self.mean, full_matrices=False)
-        self.proj = vt[:dims].T
-        self.item_ctx = (v - self.mean) @ self.proj                                           # (n_items, dims)
-        lp = getattr(LearningPolicy, kind)(alpha=1.0, l2_lambda=1.0)
-        self.mab = MAB(arms=list(range(rec.model.n_items)), learning_policy=lp, seed=seed)
-        r = train.ratings
-        ctx = self._profiles(train)
-        self.mab.fit(decisions=r.item.to_numpy(), rewards=(r.rating.to_numpy() >= 4).astype(float), contexts=ctx[r.user.to_numpy()])
-        self.clicked = {}
-    def _profiles(self, train):
-        liked = train.ratings[train.ratings.rating >= 4]
-        prof = np.zeros((train.n_users, self.item_ctx.shape[1]))
-        n = np.bincount(liked.user, minlength=train.n_users)
-        np.add.at(prof, liked.user.to_numpy(), self.item_ctx[liked.item.to_numpy()])
-        return np.hstack([prof / np.maximum(n, 1)[:, None], np.ones((train.n_users, 1))])
-    def context(self, u):
-        c = self.clicked.get(u, [])
-        return np.r_[self.item_ctx[c].mean(0) if c else np.zeros(self.item_ctx.shape[1]), 1.0][None]
-    def __call__(self, rec, u, scores, k, rng, **kw):
-        exp = self.mab.predict_expectations(self.context(u))
-        e = torch.tensor([exp[a] for a in range(rec.model.n_items)], dtype=torch.float64)
-        e = e.masked_fill(~torch.isfinite(scores), -torch.inf)
-        return torch.topk(e, min(k, int(torch.isfinite(e).sum()))).indices.numpy()
-    def learn(self, u, codes, clicks):
-        "After a round: the shown items and their clicks (1/0) teach the bandit; the user's clicked items move their context."
-        ctx = np.repeat(self.context(u), len(codes), 0)
-        self.mab.partial_fit(decisions=list(codes), rewards=list(clicks), contexts=ctx)
-        self.clicked.setdefault(u, []).extend(int(c) for c, y in zip(codes, clicks) if y)
+        self.Z, self.kind, self.settings = flm_item_vectors(rec, dims), kind, dict(alpha=alpha, l2_lambda=l2, dims=dims, negatives=negatives)
+        r = train.ratings.sort_values(['user', 'timestamp'], kind='stable')
+        u, it, liked = r.user.to_numpy(), r.item.to_numpy(), r.rating.to_numpy() >= LIKE
+        ctx = sequential_contexts(self.Z, u, it, liked)
+        rng = np.random.default_rng(seed)
+        rated = set((u * rec.model.n_items + it).tolist())
+        nu, ni = np.repeat(u, negatives), rng.integers(0, rec.model.n_items, len(u) * negatives)
+        keep = np.array([k not in rated for k in (nu * rec.model.n_items + ni).tolist()], bool)   # unrated items only
+        decisions = np.r_[it, ni[keep]]
+        rewards = np.r_[liked.astype(float), np.zeros(keep.sum())]
+        contexts = np.vstack([ctx, np.repeat(ctx, negatives, 0)[keep]])
+        self.mab = MAB(arms=list(range(rec.model.n_items)), learning_policy=getattr(LearningPolicy, kind)(alpha=alpha, l2_lambda=l2), seed=seed)
+        t = time.perf_counter()
+        self.mab.fit(decisions=decisions, rewards=rewards, contexts=contexts)
+        self.warm_start = dict(rows=len(decisions), ratings=len(it), unrated_negatives=int(keep.sum()), seconds=time.perf_counter() - t)
+        self.started, self.shown_ctx = set(), {}
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    def fresh(self, seed):
+        "A copy with the warm-started bandit and no simulated user yet (one per simulation seed)."
+        from mabwiser.utils import create_rng
+        c = copy.copy(self); c.mab = copy.deepcopy(self.mab)
+        rng = create_rng(seed)                 # LinTS draws from it: each simulation seed its own draws (MABWiser keeps it in three places)
+        c.mab._rng = c.mab._imp.rng = rng
+        for m in c.mab._imp.arm_to_model.values(): m.rng = rng
+        c.started, c.shown_ctx = set(), {}
+        return c
+
+    def _start(self, rec, u):
+        "The user's start ratings, as `simulate` gave them to our model: learned in order, each with the context of the ones before."
+        self.started.add(u)
+        items, ratings = rec.user_ratings(u)
+        if len(items) == 0: return
+        ctx = np.stack([profile(self.Z, items[:j], ratings[:j]) for j in range(len(items))])
+        self._partial_fit(items, (ratings >= LIKE).astype(float), ctx)
+
+    def __call__(self, rec, u, scores, k, rng, **kw):
+        if u not in self.started: self._start(rec, u)
+        x = profile(self.Z, *rec.user_ratings(u))[None]                   # what our model knows of the user now
+        self.shown_ctx[u] = x
+        exp = self.mab.predict_expectations(x)
+        e = torch.tensor([exp[a] for a in range(rec.model.n_items)], dtype=torch.float64)
+        e = e.masked_fill(~torch.isfinite(scores), -torch.inf)             # the candidates of every policy
+        return torch.topk(e, min(k, int(torch.isfinite(e).sum()))).indices.numpy()
+
+    def learn(self, u, codes, clicks):
+        "After a list: every shown item, clicked (1) or not (0), with the context the list was chosen with."
+        self._partial_fit(codes, clicks, np.repeat(self.shown_ctx[u], len(codes), 0))
+
+    def _partial_fit(self, decisions, rewards, contexts):
+        """`MAB.partial_fit` for a linear policy, run on the arms that got data only. MABWiser's own call copies all 1,682 arm
+        models to update five (0.18 s a list, measured); its per-arm update `_fit_arm` on those arms gives the same parameters (checked
+        to 0.0 difference in beta and A_inv) in 1 ms."""
+        imp = self.mab._imp
+        d, r, X = np.asarray(decisions, np.int64), np.asarray(rewards, float), np.asarray(contexts, float)
+        for arm in np.unique(d): imp._fit_arm(int(arm), d, r, X)
+        imp._set_arms_as_trained(decisions=d, is_partial=True)
+
+def clicks_per_user(d) -> float: return d.clicks.sum() / d.user.nunique()
+
+def tune(what, run_one, grid, seeds=2):
+    "The grid point with the most clicks per user, mean over `seeds` simulations of the training side's own held-out users."
+    score = {k: float(np.mean([clicks_per_user(run_one(v, s)) for s in range(seeds)])) for k, v in grid.items()}
+    best = max(score, key=score.get)
+    print(f"tuning {what} on the training side: {score} -> {best}", flush=True)
+    return best, dict(grid=score, chosen=best)
+
+def timing(rec, held, a):
+    "update and refit for the same work: 5 new ratings of one held-out user, each timed on its own copy; medians."
+    u = int(held.ratings.user.iloc[0]); r5 = held.ratings[held.ratings.user == u].head(5)
+    new = pd.DataFrame({'user': [rec.users.id[u]] * len(r5), 'item': rec.items.id[r5.item].tolist(), 'rating': r5.rating.tolist()})
+    ups, refits = [], []
+    for _ in range(a.repeats):
+        r = copy.deepcopy(rec)
+        t = time.perf_counter(); r.update(new); ups.append(time.perf_counter() - t)
+    for _ in range(a.refit_repeats):
+        r = copy.deepcopy(rec); r.update(new)
+        t = time.perf_counter(); r.refit(epochs=1); refits.append(time.perf_counter() - t)
+    out = dict(update_one_user_5_ratings_ms=statistics.median(ups) * 1e3, update_repeats_ms=[x * 1e3 for x in ups],
+               refit_all_users_1_epoch_s=statistics.median(refits), refit_repeats_s=refits, n_ratings_refit=len(rec.all_ratings()),
+               what=("update: Recommender.update(5 ratings of one new user), which re-folds that user from their ratings; refit: "
+                     "Recommender.refit(epochs=1), a warm-started epoch over every rating (training side + the 5). Both learn the same 5 "
+                     "ratings; refit also retrains every other user and item, so the two are not the same amount of computation"))
+    print(f"update (1 user, 5 ratings): median {out['update_one_user_5_ratings_ms']:.1f} ms over {a.repeats}; "
+          f"refit (all users, 1 epoch): median {out['refit_all_users_1_epoch_s']:.1f} s over {a.refit_repeats}", flush=True)
+    return out
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog='python -m benchmarks.feedback', description=__doc__.splitlines()[0])
     p.add_argument('--seeds', type=int, default=5); p.add_argument('--rounds', type=int, default=20); p.add_argument('-k', type=int, default=5)
     p.add_argument('--users', type=int, default=None, help='simulate this many held-out users per seed (default: all)')
-    p.add_argument('--policies', nargs='+', default=['greedy', 'epsilon', 'popularity', 'linucb', 'thompson', 'MABWiser-LinUCB', 'MABWiser-LinTS'])
-    p.add_argument('--alphas', nargs='+', type=float, default=[0.1, 0.3, 1.0], help="LinUCB's alpha grid, chosen on a split of the training side")
-    p.add_argument('--scales', nargs='+', type=float, default=[0.1, 0.3, 1.0], help="Thompson sampling's posterior scale grid, chosen likewise")
+    p.add_argument('--policies', nargs='+', default=[*OURS, *PEERS])
+    p.add_argument('--alphas', nargs='+', type=float, default=[0.1, 0.3, 1.0], help="our LinUCB's alpha grid, chosen on a split of the training side")
+    p.add_argument('--scales', nargs='+', type=float, default=[0.1, 0.3, 1.0], help="our Thompson sampling's posterior scale grid, chosen likewise")
+    p.add_argument('--mab-alphas', nargs='+', type=float, default=[0.1, 0.3, 1.0], help="MABWiser's alpha grid (LinUCB: the bonus; LinTS: the posterior scale)")
+    p.add_argument('--mab-l2s', nargs='+', type=float, default=[1.0, 10.0], help="MABWiser's l2_lambda grid")
+    p.add_argument('--mab-dims', type=int, default=16, help='PCA dimensions of the FLM item vectors in its contexts')
+    p.add_argument('--mab-negatives', type=int, default=4, help='unrated items per training rating in its warm start (rewards 0)')
+    p.add_argument('--repeats', type=int, default=7, help='update timings (median)'); p.add_argument('--refit-repeats', type=int, default=3)
     p.add_argument('--quick', action='store_true'); p.add_argument('--out', default=None)
     a = p.parse_args(argv)
-    if a.quick: a.seeds, a.rounds, a.users, a.policies, a.alphas, a.scales = 2, 5, 10, [x for x in a.policies if not x.startswith('MABWiser')], [1.0], [1.0]
+    if a.quick:
+        a.seeds, a.rounds, a.users, a.alphas, a.scales, a.mab_alphas, a.mab_l2s = 2, 5, 10, [1.0], [1.0], [1.0], [1.0]
+        a.repeats, a.refit_repeats = 3, 1
+    return a
+
+def main(argv=None):
+    argv = [str(x) for x in (sys.argv[1:] if argv is None else argv)]
+    a = parse(argv)
     torch.set_num_threads(2)
-    t0 = time.perf_counter()
-    run = dict(command='python benchmarks/feedback.py ' + ' '.join(argv), date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-               load_average_start=os.getloadavg(), settings=dict(seeds=a.seeds, rounds=a.rounds, k=a.k, users=a.users, like=4.0, start=[0, 2]))
-    print(run['command'], run['date'], 'load average', run['load_average_start'], flush=True)
-    data = load_movielens('ml-100k')
+    prov = Run(__spec__.name, argv, out=a.out)
+    print(prov.banner(), flush=True)
+    run = dict(command=prov.start['command'], date=prov.start['date'], load_average_start=prov.start['load_average_start'],
+               settings=dict(seeds=a.seeds, rounds=a.rounds, k=a.k, users=a.users, like=LIKE, start=[0, 2]))
+    data = movielens('ml-100k')
     train, held = data.split('cold_users', pct=0.2, seed=0)
     iv, uv = text_vectors(train)
+    fit_kw = dict(item_vectors=iv, user_vectors=uv, progress=False, **(dict(epochs=2) if a.quick else {}))
     set_seed(42)
-    learn = train_flm(train, None, objective='both', item_vectors=iv, user_vectors=uv, progress=False, **(dict(epochs=2) if a.quick else {}))
-    rec = Recommender.from_learner(learn, train)
-    res = dict(run=run, policies={}, timing={}, tuning={})
-    # LinUCB's alpha and Thompson's scale, chosen on held-out users of the *training* side (a second cold_users split): the test users choose nothing
+    rec = Recommender.from_learner(train_flm(train, None, objective='both', **fit_kw), train)
+    res = dict(run=run, policies={}, timing={}, tuning={}, peer=dict(design=MabwiserPolicy.__doc__, settings={}))
+    # every choice on held-out users of the *training* side (a second cold_users split), with a model trained on the rest of it
     fit_, val_ = train.split('cold_users', pct=0.2, seed=1)
     set_seed(42)
-    inner = Recommender.from_learner(train_flm(fit_, None, objective='both', item_vectors=iv, user_vectors=uv, progress=False,
-                                               **(dict(epochs=2) if a.quick else {})), fit_)
+    inner = Recommender.from_learner(train_flm(fit_, None, objective='both', **fit_kw), fit_)
     tune_kw = dict(rounds=min(a.rounds, 10), k=a.k, n_users=a.users or 60)
     chosen = {}
     for pol, key, grid in (('linucb', 'alpha', a.alphas), ('thompson', 'scale', a.scales)):
-        score = {v: float(np.mean([simulate(inner, val_, pol, seed=s, **tune_kw, **{key: v}).clicks.sum() for s in range(2)])) for v in grid}
-        chosen[pol] = {key: max(score, key=score.get)}
-        res['tuning'][pol] = dict(grid={str(k): v for k, v in score.items()}, chosen=chosen[pol])
-        print(f"tuning {pol} {key} on the training side: {score} -> {chosen[pol]}", flush=True)
-    # update vs refit, one user, 5 new ratings
-    u = int(held.ratings.user.iloc[0]); r5 = held.ratings[held.ratings.user == u].head(5)
-    new = pd.DataFrame({'user': [rec.users.id[u]] * len(r5), 'item': rec.items.id[r5.item].tolist(), 'rating': r5.rating.tolist()})
-    r_up = copy.deepcopy(rec)
-    t = time.perf_counter(); r_up.update(new); up = time.perf_counter() - t
-    t = time.perf_counter(); r_up.refit(epochs=1 if a.quick else 2); rf = time.perf_counter() - t
-    res['timing'] = dict(update_seconds=up, refit_seconds=rf, ratio=rf / up)
-    print(f"update (1 user, 5 ratings) {up*1000:.1f} ms; refit {rf:.1f} s: refit / update = {rf/up:.0f}x", flush=True)
+        if pol not in a.policies: continue
+        best, res['tuning'][pol] = tune(f'{pol} {key}', lambda v, s: simulate(inner, val_, pol, seed=s, **tune_kw, **{key: v}), {str(v): v for v in grid})
+        chosen[pol] = {key: float(best)}
+    peers = {}
+    for pol in [p for p in a.policies if p in PEERS]:
+        kind = pol.split('-')[1]
+        grid = {f'alpha={al} l2={l2}': (al, l2) for al in a.mab_alphas for l2 in a.mab_l2s}
+        warm = {}
+        def sim(v, s, kind=kind, pol=pol, warm=warm):
+            if v not in warm: warm[v] = MabwiserPolicy(inner, fit_, kind, *v, dims=a.mab_dims, negatives=a.mab_negatives)
+            peer = warm[v].fresh(s); peer.name = pol
+            return simulate(inner, val_, peer, seed=s, **tune_kw)
+        best, res['tuning'][pol] = tune(pol, sim, grid)
+        al, l2 = grid[best]
+        peers[pol] = MabwiserPolicy(rec, train, kind, al, l2, dims=a.mab_dims, negatives=a.mab_negatives)
+        res['peer']['settings'][pol] = dict(peers[pol].settings, warm_start=peers[pol].warm_start)
+    res['timing'] = timing(rec, held, a)
     runs = []
     for pol in a.policies:
         for seed in range(a.seeds):
-            if pol.startswith('MABWiser'):
-                peer = MabwiserPolicy(rec, train, pol.split('-')[1], seed=seed); peer.name = pol
+            if pol in peers: policy = peers[pol].fresh(seed); policy.name = pol
+            else: policy = pol
             t = time.perf_counter()
-            d = simulate(rec, held, policy=peer if pol.startswith('MABWiser') else pol, rounds=a.rounds, k=a.k, n_users=a.users, seed=seed, **chosen.get(pol, {}))
+            d = simulate(rec, held, policy=policy, rounds=a.rounds, k=a.k, n_users=a.users, seed=seed, **chosen.get(pol, {}))
             runs.append(d)
-            print(f"  {pol} seed {seed}: {d.clicks.sum() / d.user.nunique():.3f} clicks per user ({time.perf_counter()-t:.0f}s)", flush=True)
+            print(f"  {pol} seed {seed}: {clicks_per_user(d):.3f} clicks per user ({time.perf_counter()-t:.0f}s)", flush=True)
     all_runs = pd.concat(runs, ignore_index=True)
-    for pol, d in all_runs.groupby('policy'):
-        per_seed = d.groupby('seed').apply(lambda x: x.clicks.sum() / x.user.nunique(), include_groups=False)
+    for pol, d in all_runs.groupby('policy', sort=False):
+        per_seed = d.groupby('seed').apply(clicks_per_user, include_groups=False)
         cov = d.groupby('seed').apply(lambda x: len({i for l in x['items'] for i in l}) / data.n_items, include_groups=False)
         curve = (d.groupby(['seed', 'round']).clicks.sum() / d.groupby('seed').user.nunique()).groupby('seed').cumsum().unstack('round')
-        res['policies'][pol] = dict(clicks_per_user=per_seed.tolist(), mean=float(per_seed.mean()), std=float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0,
-                                    coverage=cov.tolist(), curve_mean=curve.mean().tolist(), curve_std=curve.std().fillna(0).tolist())
-    g = res['policies'].get('greedy')
-    for pol, v in res['policies'].items():
+        mean, std = mean_std(per_seed)
+        res['policies'][pol] = dict(clicks_per_user=per_seed.tolist(), mean=mean, std=std, coverage=cov.tolist(),
+                                    curve_mean=curve.mean().tolist(), curve_std=curve.std().fillna(0).tolist())
+    P = res['policies']
+    g = P.get('greedy')
+    for pol, v in P.items():
         if g: v['vs_greedy'] = v['mean'] / g['mean'] - 1
         print(f"{pol:18s} clicks/user {v['mean']:.3f} ± {v['std']:.3f}  coverage {np.mean(v['coverage']):.3f}" + (f"  vs greedy {v['vs_greedy']:+.1%}" if g else ''))
-    run['wall_seconds'], run['load_average_end'] = time.perf_counter() - t0, os.getloadavg()
-    if a.out:
-        with atomic_write(a.out, 'w') as f: json.dump(res, f, indent=1, default=float)
-        print('wrote', a.out)
+    ours = {p: P[p] for p in OURS if p in P and p != 'popularity'}
+    if ours:
+        best = max(ours, key=lambda p: ours[p]['mean'])
+        for pol in [p for p in PEERS if p in P]:
+            same = [x - y for x, y in zip(P[best]['clicks_per_user'], P[pol]['clicks_per_user'])]     # the same seeds: the same users
+            res['peer'][pol] = dict(clicks_per_user=P[pol]['mean'], our_best=best, our_best_clicks_per_user=P[best]['mean'],
+                                    diff=P[best]['mean'] - P[pol]['mean'], diff_per_seed=same, rel=P[pol]['mean'] / P[best]['mean'] - 1,
+                                    popularity_clicks_per_user=P.get('popularity', {}).get('mean'))
+            print(f"{pol}: {P[pol]['mean']:.3f} clicks/user; our best ({best}) {P[best]['mean']:.3f}: {res['peer'][pol]['rel']:+.1%}", flush=True)
+    p = prov.record()
+    run.update(wall_seconds=p['wall_seconds'], load_average_end=p['load_average_end'])
+    prov.write(res, a.out, p)
+    if a.out: print('wrote', a.out)
     return res
 
 if __name__ == '__main__': main()

@@ -9,7 +9,7 @@
 #      on synthetic stand-ins of the same size (`synthetic_ratings`): MovieLens may not be copied onto the device.
 #   2. encoding throughput at scale: the 62,423 texts of the synthetic ml-25m catalogue, fp32 vs fp16 vs bf16.
 #   3. one AMP (bf16 autocast) epoch of the rating objective at 25 M synthetic ratings, and one of the ranking
-#      objective with benchmarks/scale.py's RANK_SETTINGS (sampled negatives), ratings/s.
+#      objective with benchmarks.scale_stage's RANK_SETTINGS (sampled negatives), ratings/s.
 #   4. `recommend_batch` for all 162,541 users on CUDA (the model moved with `rec.model.cuda()`), fp32 and the
 #      default bf16 pass, and the agreement of their lists.
 #
@@ -20,7 +20,7 @@
 # Both are git-ignored (.gitignore). Prepare them here, on the CPU machine, once:
 #     bash benchmarks/gpu_check.sh --prepare
 # then, through the device tool (the package itself travels with the working tree):
-#     run(command="bash benchmarks/gpu_check.sh", carry=[".whl", ".carry"], timeout_s=420)
+#     run(command="GIT_COMMIT=<the commit> bash benchmarks/gpu_check.sh", carry=[".whl", ".carry"], timeout_s=420)
 # fastai also imports matplotlib, pandas, scipy, scikit-learn, pillow, requests and pyyaml: the script lists the ones
 # the device lacks and stops (they are too large to carry together; carry the missing ones' wheels in .whl/ instead).
 set -euo pipefail
@@ -62,22 +62,26 @@ pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || export PYTHONP
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
 timeout 300 python - <<'EOF'
-import json, os, sys, time, numpy as np, torch
+import json, os, time, numpy as np, torch
 from pathlib import Path
-sys.path.insert(0, 'benchmarks')
 from fine_tuning_flm.core import atomic_write, set_seed
-from fine_tuning_flm.data import Interactions, load_movielens, synthetic_ratings
+from fine_tuning_flm.data import Interactions, load_movielens
+from fine_tuning_flm.datasets import synthetic_ratings
 from fine_tuning_flm.embeddings import TextEncoder
-from fine_tuning_flm.learner import flm_learner, recipe
+from fine_tuning_flm.learner import flm_learner, recipe_for
 from fine_tuning_flm.recommend import Recommender
-from scale import RANK_SETTINGS
+from benchmarks.provenance import host, versions        # the run's versions and host; the device copy has no git history
+from benchmarks.scale_stage import RANK_SETTINGS        # the ranking epoch of python -m benchmarks.scale
 SMOKE = bool(os.environ.get('GPU_CHECK_SMOKE'))          # GPU_CHECK_SMOKE=1: the same steps on the CPU at toy sizes (how this script was tested)
 DEV, N, N_ITEMS = ('cpu', 200_000, 3_000) if SMOKE else ('cuda', 25_000_095, 62_423)
 assert SMOKE or torch.cuda.is_available(), 'no CUDA device'
 sync = torch.cuda.synchronize if DEV == 'cuda' else (lambda: None)
 OUT, MODEL, t0 = Path(os.environ['OUT']), '.carry/minilm-fp16', time.perf_counter()
 res = dict(device=torch.cuda.get_device_name() if DEV == 'cuda' else 'cpu (smoke test)', torch=torch.__version__,
-           bf16=DEV == 'cuda' and torch.cuda.is_bf16_supported(), steps={})
+           bf16=DEV == 'cuda' and torch.cuda.is_bf16_supported(), steps={},
+           provenance=dict(command='bash benchmarks/gpu_check.sh', versions=versions(), host=host(), load_average_start=list(os.getloadavg()),
+                           git_commit=os.environ.get('GIT_COMMIT'), note='written to $OUT, not benchmarks/results: the device has no git checkout; '
+                           'pass GIT_COMMIT=$(git rev-parse HEAD) in the run command to record the commit'))
 def save():
     res['wall_seconds'] = time.perf_counter() - t0
     with atomic_write(OUT/'gpu_check.json', 'w') as f: json.dump(res, f, indent=1)
@@ -103,7 +107,7 @@ def encode_precisions(texts, ref_n=1000):
     return out
 
 mls = (data/'ml-latest-small').exists()
-step('gpu cell 02: encode (ml-latest-small)' if mls else 'gpu cell 02: encode (9,742 synthetic texts)',
+step('gpu cell of 04_embeddings: encode (ml-latest-small)' if mls else 'gpu cell of 04_embeddings: encode (9,742 synthetic texts)',
      lambda: encode_precisions(load_movielens('ml-latest-small').items.text.tolist() if mls else syn(200_000, 9_742).items.text.tolist()))
 
 def cell05():
@@ -116,7 +120,7 @@ def cell05():
     t = time.perf_counter()
     with gl.no_bar(): gl.fit_one_cycle(5, 1e-2)
     return dict(data=d.name, mixed_precision=amp, five_epochs_seconds=time.perf_counter() - t, valid=[float(x) for x in gl.recorder.values[-1]])
-step('gpu cell 05: flm_learner on CUDA', cell05)
+step('gpu cell of 08_learner: flm_learner on CUDA', cell05)
 
 t = time.perf_counter(); big = syn(N, N_ITEMS); gen = time.perf_counter() - t
 print(f'{big} generated in {gen:.0f}s', flush=True)
@@ -125,11 +129,12 @@ step(f'encode {len(texts):,} texts', lambda: encode_precisions(texts))
 iv = TextEncoder(MODEL, device=DEV, batch_size=256, precision='bf16').encode(texts).float().cpu()
 
 def epoch(objective, **kw):
-    r = {**recipe(objective), **kw}; lr = r.pop('lr'); [r.pop(k) for k in ('epochs', 'joint_epochs', 'joint_lr', 'joint_bs')]
+    "One epoch as benchmarks.scale_stage.fit_one_epoch runs it (the objective's recipe, `kw` changed), on DEV."
+    r = recipe_for(objective).replace(**kw)
     set_seed(42)
-    learn = flm_learner(big, None, device=DEV, item_vectors=iv, user_vectors=None, seed=42, **r)
+    learn = flm_learner(big, None, r, device=DEV, item_vectors=iv, user_vectors=None, seed=42)
     sync(); t = time.perf_counter()
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, lr)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, r['lr'])
     sync(); s = time.perf_counter() - t
     return learn, dict(epoch_seconds=s, ratings_per_s=len(big) / s, amp=any(type(cb).__name__ == 'MixedPrecision' for cb in learn.cbs),
                        peak_gpu_gb=torch.cuda.max_memory_allocated() / 2**30 if DEV == 'cuda' else None)
