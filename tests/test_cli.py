@@ -2,7 +2,7 @@
 trained model is saved before it is scored; checkpoints resume only their own run; ids keep their form; every user's
 list streams to a file (`recommend --all`); `torchrun -m fine_tuning_flm.cli train --distributed` on 2 CPU processes
 ends where one process ends; and the README's main job (`flm demo`) and `flm train` on ml-100k, served by `flm recommend`."""
-import hashlib, json, os, re, shutil, subprocess, sys, time
+import json, os, re, shutil, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest, torch
@@ -12,8 +12,8 @@ import fine_tuning_flm.recommend as R
 from fine_tuning_flm.cli import main, run
 from fine_tuning_flm.recommend import Recommender
 
-DATA = Path(os.environ.get('FLM_DATA', '../shared/data'))
-needs_ml100k = pytest.mark.skipif(not (DATA/'ml-100k').exists(), reason='set FLM_DATA to the folder holding ml-100k')
+DATA = Path(os.environ.get('FLM_DATA', 'FLM_DATA-is-not-set'))
+needs_ml100k = pytest.mark.needs_data('ml-100k')         # fails without FLM_DATA (see conftest.py)
 EXE = shutil.which('flm') or str(Path(sys.executable).parent/'flm')
 GENRES = ['Comedy', 'Drama', 'Horror', 'Sci-Fi']
 

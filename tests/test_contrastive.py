@@ -1,7 +1,4 @@
 "Fine-tuning through the ranking loss: `train_flm(text=mode, objective='rank')`'s joint stage (in-batch softmax, logQ), `CapItems`, chunked LM runs, hard negatives."
-import os
-from pathlib import Path
-
 import numpy as np, pandas as pd, pytest, torch
 from fastai.callback.core import Callback
 
@@ -11,8 +8,7 @@ from fine_tuning_flm.experimental import prompt_pairs
 from fine_tuning_flm.learner import train_flm, CapItems
 from fine_tuning_flm.recommend import Recommender
 
-DATA = Path(os.environ.get('FLM_DATA', '../shared/data'))
-pytestmark = pytest.mark.skipif(not (DATA/'ml-100k').exists(), reason='set FLM_DATA to the folder holding ml-100k')
+pytestmark = pytest.mark.needs_data('ml-100k')          # fails without FLM_DATA (see conftest.py)
 
 # `tiny` (about 1,000 ratings of 10 users) comes from conftest.py
 

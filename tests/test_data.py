@@ -1,5 +1,5 @@
 """`fine_tuning_flm.data` beyond the lesson: the bad-input table for `Interactions.from_df`/`from_csv`, duplicates,
-codes and scales, and the real MovieLens files (skipped unless FLM_DATA holds them)."""
+codes and scales, and the real MovieLens files (from FLM_DATA: the needs_data marker of conftest.py)."""
 import os, re, warnings
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -163,8 +163,8 @@ def test_scale_inferred_vs_explicit():
 
 FLM_DATA = os.environ.get('FLM_DATA')
 def _have(name, f): return bool(FLM_DATA) and (Path(FLM_DATA)/name/f).exists()
-needs_100k = pytest.mark.skipif(not _have('ml-100k', 'ub.test'), reason='needs FLM_DATA set to a folder holding ml-100k (e.g. FLM_DATA=/work/shared/data)')
-needs_small = pytest.mark.skipif(not _have('ml-latest-small', 'tags.csv'), reason='needs FLM_DATA set to a folder holding ml-latest-small (e.g. FLM_DATA=/work/shared/data)')
+needs_100k = pytest.mark.needs_data('ml-100k')           # fails without FLM_DATA (see conftest.py)
+needs_small = pytest.mark.needs_data('ml-latest-small')
 
 @pytest.fixture(scope='module')
 def no_writes(tmp_path_factory):

@@ -2,7 +2,6 @@
 against an HTTP server on 127.0.0.1 that serves zips built here. Nothing real is fetched or read:
 `MOVIELENS` is patched to point at the loopback server, FLM_CACHE and FLM_DATA point at empty temporary folders."""
 import hashlib, http.server, io, threading, zipfile
-from pathlib import Path
 import pytest
 import fine_tuning_flm.data as data
 from fine_tuning_flm.data import MOVIELENS, download_file, extract_dataset, load_movielens, movielens_path

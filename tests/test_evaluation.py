@@ -1,7 +1,5 @@
 """Tests of `fine_tuning_flm.evaluation` beyond the lesson: hand-worked metric cases, reference implementations
 (scikit-learn, Surprise, per-user loops), properties on random rankings (hypothesis), and the protocol's refusals."""
-import os
-from pathlib import Path
 import numpy as np, pandas as pd, torch
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -10,9 +8,7 @@ from fine_tuning_flm.data import Interactions, load_movielens
 from fine_tuning_flm.metrics import *
 from fine_tuning_flm.evaluation import *
 
-FLM_DATA = os.environ.get('FLM_DATA')
-needs_100k = pytest.mark.skipif(not (FLM_DATA and (Path(FLM_DATA)/'ml-100k'/'u1.test').exists()),
-                                reason='needs FLM_DATA set to a folder holding ml-100k (e.g. FLM_DATA=/work/shared/data)')
+needs_100k = pytest.mark.needs_data('ml-100k')           # fails without FLM_DATA (see conftest.py)
 
 def close(a, b, eps=1e-9): np.testing.assert_allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), atol=eps, rtol=0)
 

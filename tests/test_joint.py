@@ -1,15 +1,11 @@
 "Joint training (`flm_learner(text=...)`): each mode changes exactly the weights it should; a LoRA-tuned FLM saves and loads to identical scores."
-import os
-from pathlib import Path
-
 import pandas as pd, pytest, torch
 
 from fine_tuning_flm.core import set_seed
 from fine_tuning_flm.learner import flm_learner, LM_LR
 from fine_tuning_flm.recommend import Recommender
 
-DATA = Path(os.environ.get('FLM_DATA', '../shared/data'))
-pytestmark = pytest.mark.skipif(not (DATA/'ml-100k').exists(), reason='set FLM_DATA to the folder holding ml-100k')
+pytestmark = pytest.mark.needs_data('ml-100k')          # fails without FLM_DATA (see conftest.py)
 
 # `tiny` (about 1,000 ratings of 10 users) comes from conftest.py
 
