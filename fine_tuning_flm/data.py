@@ -28,6 +28,7 @@ def _example(df, mask, col):
     i = mask.to_numpy().nonzero()[0][0]
     return f"e.g. {show_value(df[col].iloc[i])} at row {df.index[i]}"
 
+# %% ../nbs/03_data.ipynb #ee469537
 def check_ratings(df, cols, source, scale=None):
     "Validate and coerce the ratings columns; return (df, scale)."
     if len(df) == 0: raise ValueError(f"{source}: no ratings (the table is empty or has only a header)")
@@ -125,6 +126,7 @@ def _id_types(ids) -> str:
     kinds = {'str' if isinstance(v, str) else type(v.item() if isinstance(v, np.generic) else v).__name__ for v in ids}
     return '/'.join(sorted(kinds))
 
+# %% ../nbs/03_data.ipynb #c1860e29
 def _vocab(table, col, seen, kind, source):
     "The id column of an optional side table, checked against the ids in the ratings."
     if table is None: return pd.DataFrame({'id': _sorted_ids(seen)})
@@ -143,10 +145,20 @@ def _vocab(table, col, seen, kind, source):
     t = t.reset_index(drop=True)
     return t[['id'] + [c for c in t.columns if c != 'id']]
 
+# %% ../nbs/03_data.ipynb #e54cbbd3
 def _repeats(u, i, n_items) -> bool:
     "Does any (user, item) code pair occur twice? One sort of int64 keys."
     k = np.sort(np.asarray(u, np.int64) * n_items + i)
     return bool((k[1:] == k[:-1]).any())
+
+def _code_pairs(df, users_t, items_t, user_col, item_col, time_col, name):
+    "`df` without repeated (user, item) pairs, and its user and item codes; the sorts that keep each pair's latest rating run only if a pair repeats (25 M rows: seconds, GBs)."
+    code = lambda: (pd.Index(users_t.id).get_indexer(df[user_col]), pd.Index(items_t.id).get_indexer(df[item_col]))
+    u, i = code()
+    if _repeats(u, i, len(items_t)):
+        df, _ = _drop_duplicates(df, user_col, item_col, time_col, name)
+        u, i = code()
+    return df, u, i
 
 # %% ../nbs/03_data.ipynb #9d8b3c81
 @patch(cls_method=True)
@@ -166,11 +178,7 @@ def from_df(cls:Interactions, ratings:pd.DataFrame, items:pd.DataFrame|None=None
     df, scale = check_ratings(ratings.reset_index(drop=True), cols, name, scale)
     items_t = _vocab(items, item_col, df[item_col].unique(), 'item', name)      # dropping a repeated pair changes no vocabulary
     users_t = _vocab(users, user_col, df[user_col].unique(), 'user', name)
-    code = lambda: (pd.Index(users_t.id).get_indexer(df[user_col]), pd.Index(items_t.id).get_indexer(df[item_col]))
-    u, i = code()
-    if _repeats(u, i, len(items_t)):                         # only then the sorts that keep each pair's latest rating (25 M rows: seconds, GBs)
-        df, _ = _drop_duplicates(df, user_col, item_col, time_col, name)
-        u, i = code()
+    df, u, i = _code_pairs(df, users_t, items_t, user_col, item_col, time_col, name)
     template = template if template is not None else default_template(text_cols or [c for c in items_t.columns if c != 'id'] or ['id'])
     items_t['text'] = item_texts(items_t, template)
     r = pd.DataFrame({'user': np.asarray(u, np.int64), 'item': np.asarray(i, np.int64),
@@ -205,6 +213,7 @@ def _type_ids(tables, col):
         for t in tables:
             if t is not None and col in t.columns: t[col] = t[col].astype('int64')
 
+# %% ../nbs/03_data.ipynb #bade1be5
 @patch(cls_method=True)
 def from_csv(cls:Interactions, ratings:str|Path, items:str|Path|None=None, users:str|Path|None=None,
               user_col:str='user_id', # column of raw user ids (also the user table's key)
@@ -249,6 +258,7 @@ def _fmt(v, field):
     if v == '(no genres listed)': return ''
     return ', '.join(p.strip() for p in v.split('|') if p.strip()) if '|' in v else v
 
+# %% ../nbs/03_data.ipynb #977c01af
 _FIELDS = re.compile(r'\{(\w+)\}')
 def item_texts(
     items:pd.DataFrame, # item table
@@ -285,6 +295,7 @@ def _read_ml100k(path):
     us = pd.read_csv(path/'u.user', sep='|', names=['user_id', 'age', 'gender', 'occupation', 'zip'])[['user_id', 'age', 'gender', 'occupation']]
     return r, it, us, (1, 5), None
 
+# %% ../nbs/03_data.ipynb #30fa84fb
 def _read_ml_latest(path):
     "ml-latest-small and ml-25m (the same layout): ratings.csv, movies.csv, and the free-text tags of tags.csv."
     r = pd.read_csv(path/'ratings.csv', dtype={'rating': 'float32'})      # pandas' C engine: faster and leaner than pyarrow's on 2 cores (measured)
@@ -295,6 +306,7 @@ def _read_ml_latest(path):
     it = it.rename(columns={'movieId': 'item_id'})[['item_id', 'title', 'year', 'genres']]
     return r, it, None, (0.5, 5), tags
 
+# %% ../nbs/03_data.ipynb #916dc9dc
 _ML1M_AGES = {1: 'under 18', 18: '18-24', 25: '25-34', 35: '35-44', 45: '45-49', 50: '50-55', 56: '56+'}
 _ML1M_JOBS = ['', 'academic/educator', 'artist', 'clerical/admin', 'college/grad student', 'customer service',
               'doctor/health care', 'executive/managerial', 'farmer', 'homemaker', 'K-12 student', 'lawyer', 'programmer',
@@ -313,8 +325,6 @@ def _read_ml1m(path):
     us = pd.DataFrame({'user_id': us.user_id, 'age': us.age.map(_ML1M_AGES), 'gender': us.gender,
                        'occupation': us.occupation.map(dict(enumerate(_ML1M_JOBS)))})
     return r, it[['item_id', 'title', 'year', 'genres']], us, (1, 5), None
-
-_READERS = {'ml-100k': _read_ml100k, 'ml-latest-small': _read_ml_latest, 'ml-1m': _read_ml1m, 'ml-25m': _read_ml_latest}
 
 # %% ../nbs/03_data.ipynb #6e4f9c07
 @patch
@@ -344,6 +354,8 @@ def with_tags(self:Interactions,
     return out
 
 # %% ../nbs/03_data.ipynb #ba96d15c
+_READERS = {'ml-100k': _read_ml100k, 'ml-latest-small': _read_ml_latest, 'ml-1m': _read_ml1m, 'ml-25m': _read_ml_latest}
+
 def load_movielens(
     name:str='ml-latest-small', # 'ml-100k', 'ml-1m', 'ml-latest-small' or 'ml-25m'
     path:str|Path|None=None, # folder with the files; default `$FLM_DATA/name`, else the cache, else download
@@ -512,26 +524,32 @@ class UserItems:
         "Item codes of user code `u`, sorted."
         return self.items[self.ptr[u]:self.ptr[u + 1]]
 
-    def _flat(self, users):
-        lens = self.lens(users)
-        row = np.repeat(np.arange(len(users)), lens)
-        pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-        return row, pos, self.ptr[users][row] + pos
+# %% ../nbs/03_data.ipynb #212b9479
+@patch
+def _flat(self:UserItems, users):
+    lens = self.lens(users)
+    row = np.repeat(np.arange(len(users)), lens)
+    pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    return row, pos, self.ptr[users][row] + pos
 
-    def dense(self, users, n_items:int) -> torch.Tensor:
-        "(len(users), n_items) bool: True where the user rated the item."
-        row, _, j = self._flat(users)
-        m = torch.zeros(len(users), n_items, dtype=torch.bool)
-        m[torch.from_numpy(row), torch.from_numpy(self.items[j])] = True
-        return m
+@patch
+def dense(self:UserItems, users, n_items:int) -> torch.Tensor:
+    "(len(users), n_items) bool: True where the user rated the item."
+    row, _, j = self._flat(users)
+    m = torch.zeros(len(users), n_items, dtype=torch.bool)
+    m[torch.from_numpy(row), torch.from_numpy(self.items[j])] = True
+    return m
 
-    def padded(self, users) -> tuple:
-        "Item codes (-1 pads) and ratings as (len(users), longest list) arrays, and the list lengths."
-        lens = self.lens(users); row, pos, j = self._flat(users)
-        idx = np.full((len(users), max(int(lens.max(initial=0)), 1)), -1, np.int64); val = np.zeros(idx.shape)
-        idx[row, pos], val[row, pos] = self.items[j], self.values[j]
-        return idx, val, lens
+# %% ../nbs/03_data.ipynb #cbd68418
+@patch
+def padded(self:UserItems, users) -> tuple:
+    "Item codes (-1 pads) and ratings as (len(users), longest list) arrays, and the list lengths."
+    lens = self.lens(users); row, pos, j = self._flat(users)
+    idx = np.full((len(users), max(int(lens.max(initial=0)), 1)), -1, np.int64); val = np.zeros(idx.shape)
+    idx[row, pos], val[row, pos] = self.items[j], self.values[j]
+    return idx, val, lens
 
+# %% ../nbs/03_data.ipynb #a5b6e3dd
 @patch
 def user_items(self:Interactions) -> UserItems:
     "The per-user index of these ratings (built once, then kept)."
