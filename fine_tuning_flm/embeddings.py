@@ -78,6 +78,7 @@ def _check_precision(p):
     if p not in _PRECISIONS: raise ValueError(f"precision must be one of {_PRECISIONS}, got {p!r}")
     return p
 
+# %% ../nbs/04_embeddings.ipynb #57387c08
 class TextEncoder(nn.Module):
     "A pretrained transformer that turns texts into pooled (and L2-normalised) vectors."
     def __init__(self,
@@ -164,6 +165,7 @@ def _precision_ctx(self:TextEncoder):
     if p in ('fp16', 'bf16'): return torch.autocast(self.device.type, dtype=torch.float16 if p == 'fp16' else torch.bfloat16)
     return contextlib.nullcontext()
 
+# %% ../nbs/04_embeddings.ipynb #078e2fb2
 @patch
 def _encode(self:TextEncoder, texts:list, progress:bool|None=None) -> torch.Tensor:
     "Vectors of `texts` (a checked list of strings), in input order, as a float32 CPU tensor."
@@ -183,6 +185,7 @@ def _encode(self:TextEncoder, texts:list, progress:bool|None=None) -> torch.Tens
     pos = {t: i for i, t in enumerate(uniq)}
     return out[torch.tensor([pos[t] for t in texts])]
 
+# %% ../nbs/04_embeddings.ipynb #e263047d
 @patch
 def encode(self:TextEncoder,
            texts:list, # strings (a list, tuple, pandas Series...); not a single string
