@@ -34,6 +34,7 @@ def _np(x, dtype=None) -> np.ndarray:
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     return a if dtype is None else a.astype(dtype, copy=False)
 
+# %% ../nbs/05_evaluation.ipynb #0098dc48
 def check_vocabulary(model, # follows the model protocol
                      users, # user codes (numpy ints)
                      items=None, # item codes, the same length; None: check users only
@@ -187,6 +188,7 @@ def _chunks(lens, per_row, budget):
         while end < len(order) and (end - start + 1) * max(lens[order[end]], 1) * per_row <= budget: end += 1
         yield order[start:end]; start = end
 
+# %% ../nbs/05_evaluation.ipynb #c01e6c97
 @patch
 def score_items(self:ContentKNN, users, cold:bool=False) -> torch.Tensor:
     "(len(users), n_items): mean cosine similarity to each user's `k` most similar liked items."
@@ -334,11 +336,13 @@ def _which_metrics(metrics, model, train, item_vectors):
     return metrics
 
 # %% ../nbs/05_evaluation.ipynb #04ae5222
-def _rating_rows(model, test, cold, want, masks):
+def _rating_rows(model, test, cold, want, item_slices, user_slices):
+    "Tidy rows of the rating metrics `want` on each slice's test ratings (a slice without any: no row)."
     r = test.ratings
     u, i, y = r.user.to_numpy(), r.item.to_numpy(), r.rating.to_numpy()
     p = _np(model.predict(u, i, cold=cold), np.float64).reshape(-1)
     if p.shape != y.shape: raise ValueError(f"{type(model).__name__}.predict returned {p.size:,} values for {len(y):,} ratings")
+    masks = {**{n: ('item', m) for n, m in item_slices.items()}, **{n: ('user', m) for n, m in user_slices.items()}}
     rows = []
     for name, (kind, mask) in masks.items():
         m = mask[u] if kind == 'user' else mask[i]
@@ -346,20 +350,9 @@ def _rating_rows(model, test, cold, want, masks):
         for met in want: rows.append(dict(slice=name, metric=met, value={'rmse': rmse, 'mae': mae}[met](p[m], y[m]), n=int(m.sum())))
     return rows
 
-def _ranking_rows(model, test, train, k, cold, threshold, item_slices, user_slices, base, want, item_vectors, batch_size, seed):
-    r = test.ratings if threshold is None else test.ratings[test.ratings.rating >= threshold]
-    rel_lists, seen_lists = UserItems(r, model.n_users), UserItems(train.ratings, model.n_users)
-    info = self_information(train) if 'novelty' in want else None
-    users = np.unique(r.user.to_numpy())
-    perm = None if seed is None else np.random.default_rng(seed).permutation(model.n_items)
-    acc = {name: [] for name in item_slices}
-    for s in range(0, len(users), batch_size):
-        ub = users[s:s+batch_size]
-        scores = _model_scores(model, ub, cold)
-        rel, seen = rel_lists.dense(ub, model.n_items), seen_lists.dense(ub, model.n_items)
-        for name, items in item_slices.items():
-            vals, keep, top = _rank_batch(scores, rel, seen, torch.from_numpy(base & items), k, want, item_vectors, info, perm)
-            acc[name].append((ub[keep.numpy()], vals, top))
+# %% ../nbs/05_evaluation.ipynb #41f83fd3
+def _slice_rows(acc, item_slices, user_slices, base, want):
+    "Tidy rows from `_ranking_rows`' batches `acc` (item slice -> [(users, metrics, top lists)]): each item slice, and each user slice of 'all'."
     groups = [(name, name, None) for name in item_slices] + [(name, 'all', m) for name, m in user_slices.items()]
     rows = []
     for name, src, umask in groups:
@@ -376,6 +369,46 @@ def _ranking_rows(model, test, train, k, cold, threshold, item_slices, user_slic
                 x = x[~x.isnan()]; v, n = (x.mean().item() if len(x) else np.nan), len(x)
             rows.append(dict(slice=name, metric=met, value=v, n=n))
     return rows
+
+# %% ../nbs/05_evaluation.ipynb #f118b2f9
+def _ranking_rows(model, test, train, k, cold, threshold, item_slices, user_slices, base, want, item_vectors, batch_size, seed):
+    r = test.ratings if threshold is None else test.ratings[test.ratings.rating >= threshold]
+    rel_lists, seen_lists = UserItems(r, model.n_users), UserItems(train.ratings, model.n_users)
+    info = self_information(train) if 'novelty' in want else None
+    users = np.unique(r.user.to_numpy())
+    perm = None if seed is None else np.random.default_rng(seed).permutation(model.n_items)
+    acc = {name: [] for name in item_slices}
+    for s in range(0, len(users), batch_size):
+        ub = users[s:s+batch_size]
+        scores = _model_scores(model, ub, cold)
+        rel, seen = rel_lists.dense(ub, model.n_items), seen_lists.dense(ub, model.n_items)
+        for name, items in item_slices.items():
+            vals, keep, top = _rank_batch(scores, rel, seen, torch.from_numpy(base & items), k, want, item_vectors, info, perm)
+            acc[name].append((ub[keep.numpy()], vals, top))
+    return _slice_rows(acc, item_slices, user_slices, base, want)
+
+# %% ../nbs/05_evaluation.ipynb #eadd3412
+def _check_test(model, test, k):
+    "Refuse a test set `evaluate` cannot score: not `Interactions`, empty, on another vocabulary; or a bad `k`."
+    if not isinstance(test, Interactions): raise TypeError(f"evaluate: test must be Interactions, got {type(test).__name__}")
+    if len(test) == 0: raise ValueError(f"evaluate: {test.name} has no ratings")
+    if (test.n_users, test.n_items) != (model.n_users, model.n_items):
+        raise ValueError(f"evaluate: {test.name} has a vocabulary of {test.n_users:,} users × {test.n_items:,} items, "
+                         f"the model {model.n_users:,} × {model.n_items:,}; split one Interactions so both sides share its codes")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1: raise ValueError(f"evaluate: k must be a positive int, got {k!r}")
+
+# %% ../nbs/05_evaluation.ipynb #d003d7d0
+def _tidy(rows, metrics, item_slices, user_slices, k, name):
+    "`evaluate`'s table: a NaN row for each metric the model cannot do, rows in slice then metric order, metrics labelled."
+    done = {(d['slice'], d['metric']) for d in rows}
+    for m in metrics:                                          # metrics the model cannot do: NaN
+        if not any(met == m for _, met in done): rows.append(dict(slice='all', metric=m, value=np.nan, n=0))
+    df = pd.DataFrame(rows, columns=['slice', 'metric', 'value', 'n'])
+    order = {m: j for j, m in enumerate(metrics)}; sl = {s: j for j, s in enumerate([*item_slices, *user_slices])}
+    df = df.sort_values(['slice', 'metric'], key=lambda c: c.map(sl if c.name == 'slice' else order), kind='stable')
+    df['metric'] = df.metric.map(lambda m: metric_label(m, k))
+    df.insert(0, 'model', name)
+    return df.reset_index(drop=True)
 
 # %% ../nbs/05_evaluation.ipynb #e7db10c3
 def evaluate(model, # follows the model protocol (see above)
@@ -394,34 +427,19 @@ def evaluate(model, # follows the model protocol (see above)
              name:str|None=None, # the model's name in the table; default its class name
             ) -> pd.DataFrame:
     "Score `model` on `test`: a tidy table with columns model, slice, metric, value, n."
-    if not isinstance(test, Interactions): raise TypeError(f"evaluate: test must be Interactions, got {type(test).__name__}")
-    if len(test) == 0: raise ValueError(f"evaluate: {test.name} has no ratings")
-    if (test.n_users, test.n_items) != (model.n_users, model.n_items):
-        raise ValueError(f"evaluate: {test.name} has a vocabulary of {test.n_users:,} users × {test.n_items:,} items, "
-                         f"the model {model.n_users:,} × {model.n_items:,}; split one Interactions so both sides share its codes")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1: raise ValueError(f"evaluate: k must be a positive int, got {k!r}")
+    _check_test(model, test, k)
     metrics = _which_metrics(metrics, model, train, item_vectors)
-    r = test.ratings
-    check_vocabulary(model, r.user.to_numpy(), r.item.to_numpy(), cold, what=f'evaluate: {test.name}', user_ids=test.users.id, item_ids=test.items.id)
+    check_vocabulary(model, test.ratings.user.to_numpy(), test.ratings.item.to_numpy(), cold, what=f'evaluate: {test.name}', user_ids=test.users.id, item_ids=test.items.id)
     item_slices, user_slices = _slices(by, model, train, edges)
     rows = []
     want = [m for m in metrics if m in RATING_METRICS]
     if want and hasattr(model, 'predict') and getattr(model, 'rates', True):   # a ranking-only FLM has no ratings: NaN rows
-        masks = {**{n: ('item', m) for n, m in item_slices.items()}, **{n: ('user', m) for n, m in user_slices.items()}}
-        rows += _rating_rows(model, test, cold, want, masks)
+        rows += _rating_rows(model, test, cold, want, item_slices, user_slices)
     want = [m for m in metrics if m in RANKING_METRICS]
     if want and hasattr(model, 'score_items'):
         base = _base_candidates(model, cold, candidates)
         rows += _ranking_rows(model, test, train, k, cold, threshold, item_slices, user_slices, base, want, item_vectors, batch_size, seed)
-    done = {(d['slice'], d['metric']) for d in rows}
-    for m in metrics:                                          # metrics the model cannot do: NaN
-        if not any(met == m for _, met in done): rows.append(dict(slice='all', metric=m, value=np.nan, n=0))
-    df = pd.DataFrame(rows, columns=['slice', 'metric', 'value', 'n'])
-    order = {m: j for j, m in enumerate(metrics)}; sl = {s: j for j, s in enumerate([*item_slices, *user_slices])}
-    df = df.sort_values(['slice', 'metric'], key=lambda c: c.map(sl if c.name == 'slice' else order), kind='stable')
-    df['metric'] = df.metric.map(lambda m: metric_label(m, k))
-    df.insert(0, 'model', name or type(model).__name__)
-    return df.reset_index(drop=True)
+    return _tidy(rows, metrics, item_slices, user_slices, k, name or type(model).__name__)
 
 # %% ../nbs/05_evaluation.ipynb #c517ed38
 def compare(models:dict, # name -> fitted model following the protocol
