@@ -87,18 +87,20 @@ class TrainableEncoder(nn.Module):
 
     @property
     def dim(self): return self.enc.dim
-    @property
-    def base(self):
-        "The underlying transformers model (inside peft's wrapper for LoRA)."
-        return self.enc.model.get_base_model() if self.mode == 'lora' else self.enc.model
 
 # %% ../nbs/06_towers.ipynb #54569539
+@patch(as_prop=True)
+def base(self:TrainableEncoder):
+    "The underlying transformers model (inside peft's wrapper for LoRA)."
+    return self.enc.model.get_base_model() if self.mode == 'lora' else self.enc.model
+
 @patch
 def encode_tokens(self:TrainableEncoder, input_ids, attention_mask):
     "Pooled (normalised) vectors, with gradients for the trainable weights."
     out = self.enc.model(input_ids=input_ids, attention_mask=attention_mask)
     return self.enc.pool(out.last_hidden_state, attention_mask)
 
+# %% ../nbs/06_towers.ipynb #97ea48c4
 @patch
 @torch.no_grad()
 def lower(self:TrainableEncoder, input_ids, attention_mask):
@@ -150,67 +152,78 @@ class TrainableText(TextTower):
     dim = property(lambda self: self.encoder.dim)
     def __len__(self): return len(self.tokens)
 
-    def _chunks(self, codes):
-        for s in range(0, len(codes), self.batch_size): yield codes[s:s + self.batch_size]
-
-    def _run_lower(self):
-        "top_k: cache the frozen lower half's output for every text (unpadded, fp32 on CPU)."
-        out, enc = [None]*len(self.tokens), self.encoder.enc
-        for c in self._chunks(list(range(len(self.tokens)))):
-            ids, mask = enc.collate([self.tokens[i] for i in c])
-            h = self.encoder.lower(ids, mask).float().cpu()
-            for j, i in enumerate(c): out[i] = h[j, :int(mask[j].sum())].clone()
-        return out
-
-    def _token_chunks(self, codes):
-        "Split `codes` (longest texts first) into chunks of at most `chunk_tokens` padded tokens: lists of positions in `codes`."
-        order = sorted(range(len(codes)), key=lambda j: -len(self.tokens[codes[j]]))
-        chunks, cur, width = [], [], 0
-        for j in order:
-            w = max(width, len(self.tokens[codes[j]]))
-            if cur and w * (len(cur) + 1) > self.chunk_tokens: chunks.append(cur); cur, w = [], len(self.tokens[codes[j]])
-            cur.append(j); width = w
-        return chunks + [cur]
-
-    def _encode(self, codes):
-        """Vectors for a list of codes, with gradients if the encoder trains. Training runs the LM in chunks of at most `chunk_tokens`
-        tokens; with more than one chunk each is checkpointed (its activations are recomputed in backward), so memory follows
-        `chunk_tokens`, not the number of codes in the batch."""
-        if not (torch.is_grad_enabled() and self.lm_trains()): return self._encode_chunk(codes)
-        chunks = self._token_chunks(codes)
-        if len(chunks) == 1: return self._encode_chunk(codes)
-        from torch.utils.checkpoint import checkpoint
-        out = [checkpoint(self._encode_chunk, [codes[j] for j in c], use_reentrant=False) for c in chunks]
-        pos = torch.tensor([j for c in chunks for j in c], device=out[0].device)
-        return torch.cat(out)[torch.argsort(pos)]      # back to the order of `codes`
-
-    def _encode_chunk(self, codes):
-        enc = self.encoder.enc
-        dev = next(self.encoder.parameters()).device
-        if self._lower is None:
-            ids, mask = enc.collate([self.tokens[i] for i in codes])
-            return self.encoder.encode_tokens(ids.to(dev), mask.to(dev))
-        hs = [self._lower[i] for i in codes]
-        n = max(len(h) for h in hs)
-        hidden = torch.zeros(len(hs), n, hs[0].shape[1], device=dev)
-        mask = torch.zeros(len(hs), n, dtype=torch.long, device=dev)
-        for j, h in enumerate(hs): hidden[j, :len(h)] = h.to(dev); mask[j, :len(h)] = 1
-        return self.encoder.upper(hidden, mask)
-
     def lm_trains(self): return any(p.requires_grad for p in self.encoder.parameters())
     def lm_parameters(self): return [p for p in self.encoder.parameters() if p.requires_grad]
     trained_encoder = property(lambda self: self.encoder, doc="The `TrainableEncoder` that serving saves")
 
-    def table(self) -> torch.Tensor:
-        "All vectors, computed without gradients and cached until the weights change."
-        if self._table is None:
-            with evaluating(self.encoder), torch.no_grad(): self._table = torch.cat([self._encode(c) for c in self._chunks(list(range(len(self))))]).float()
-        return self._table
+# %% ../nbs/06_towers.ipynb #bd095065
+@patch
+def _chunks(self:TrainableText, codes):
+    for s in range(0, len(codes), self.batch_size): yield codes[s:s + self.batch_size]
 
-    def forward(self, codes:torch.Tensor) -> torch.Tensor:
-        if not (self.training and self.lm_trains()): return self.table().to(codes.device)[codes]
-        self._table = None          # the weights are about to change
-        return self._encode(codes.tolist()).float()
+@patch
+def _run_lower(self:TrainableText):
+    "top_k: cache the frozen lower half's output for every text (unpadded, fp32 on CPU)."
+    out, enc = [None]*len(self.tokens), self.encoder.enc
+    for c in self._chunks(list(range(len(self.tokens)))):
+        ids, mask = enc.collate([self.tokens[i] for i in c])
+        h = self.encoder.lower(ids, mask).float().cpu()
+        for j, i in enumerate(c): out[i] = h[j, :int(mask[j].sum())].clone()
+    return out
+
+# %% ../nbs/06_towers.ipynb #b3c07768
+@patch
+def _token_chunks(self:TrainableText, codes):
+    "Split `codes` (longest texts first) into chunks of at most `chunk_tokens` padded tokens: lists of positions in `codes`."
+    order = sorted(range(len(codes)), key=lambda j: -len(self.tokens[codes[j]]))
+    chunks, cur, width = [], [], 0
+    for j in order:
+        w = max(width, len(self.tokens[codes[j]]))
+        if cur and w * (len(cur) + 1) > self.chunk_tokens: chunks.append(cur); cur, w = [], len(self.tokens[codes[j]])
+        cur.append(j); width = w
+    return chunks + [cur]
+
+# %% ../nbs/06_towers.ipynb #d9bc4d54
+@patch
+def _encode(self:TrainableText, codes):
+    """Vectors for a list of codes, with gradients if the encoder trains. Training runs the LM in chunks of at most `chunk_tokens`
+    tokens; with more than one chunk each is checkpointed (its activations are recomputed in backward), so memory follows
+    `chunk_tokens`, not the number of codes in the batch."""
+    if not (torch.is_grad_enabled() and self.lm_trains()): return self._encode_chunk(codes)
+    chunks = self._token_chunks(codes)
+    if len(chunks) == 1: return self._encode_chunk(codes)
+    from torch.utils.checkpoint import checkpoint
+    out = [checkpoint(self._encode_chunk, [codes[j] for j in c], use_reentrant=False) for c in chunks]
+    pos = torch.tensor([j for c in chunks for j in c], device=out[0].device)
+    return torch.cat(out)[torch.argsort(pos)]      # back to the order of `codes`
+
+@patch
+def _encode_chunk(self:TrainableText, codes):
+    enc = self.encoder.enc
+    dev = next(self.encoder.parameters()).device
+    if self._lower is None:
+        ids, mask = enc.collate([self.tokens[i] for i in codes])
+        return self.encoder.encode_tokens(ids.to(dev), mask.to(dev))
+    hs = [self._lower[i] for i in codes]
+    n = max(len(h) for h in hs)
+    hidden = torch.zeros(len(hs), n, hs[0].shape[1], device=dev)
+    mask = torch.zeros(len(hs), n, dtype=torch.long, device=dev)
+    for j, h in enumerate(hs): hidden[j, :len(h)] = h.to(dev); mask[j, :len(h)] = 1
+    return self.encoder.upper(hidden, mask)
+
+# %% ../nbs/06_towers.ipynb #560470d1
+@patch
+def table(self:TrainableText) -> torch.Tensor:
+    "All vectors, computed without gradients and cached until the weights change."
+    if self._table is None:
+        with evaluating(self.encoder), torch.no_grad(): self._table = torch.cat([self._encode(c) for c in self._chunks(list(range(len(self))))]).float()
+    return self._table
+
+@patch
+def forward(self:TrainableText, codes:torch.Tensor) -> torch.Tensor:
+    if not (self.training and self.lm_trains()): return self.table().to(codes.device)[codes]
+    self._table = None          # the weights are about to change
+    return self._encode(codes.tolist()).float()
 
 # %% ../nbs/06_towers.ipynb #9e6ce50e
 @patch
@@ -226,6 +239,7 @@ def config(self:TrainableEncoder) -> dict:
     return dict(mode=self.mode, k=self.k, r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=list(self.target_modules),
                 model=self.enc.name, pooling=self.enc.pooling, max_length=self.enc.max_length, normalize=self.enc.normalize)
 
+# %% ../nbs/06_towers.ipynb #d36abbea
 @patch
 def save(self:TrainableEncoder, path:str|Path) -> Path:
     "Save the trained weights (and how to rebuild the encoder) to a safetensors file."
