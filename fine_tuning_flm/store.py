@@ -39,6 +39,7 @@ def _kind(col:pd.Series) -> str:
 
 def _plain(v): return None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else v.item() if isinstance(v, np.generic) else v
 
+# %% ../nbs/11_store.ipynb #3067eeba
 def table_bytes(df:pd.DataFrame) -> tuple:
     "(CSV bytes, {column: kind}) of a vocabulary table."
     out, kinds = df.copy(), {}
@@ -59,6 +60,7 @@ def table_from(raw:bytes, kinds:dict, fn) -> pd.DataFrame:
     if list(df.columns) != list(kinds): raise ValueError(f"{fn}: columns {list(df.columns)}, the manifest says {list(kinds)}")
     return df
 
+# %% ../nbs/11_store.ipynb #74bb2b49
 def history_tensors(h:UserItems, n_items:int) -> dict:
     "The training ratings as saved: CSR row pointers, item codes (int32 when they fit) and ratings (float32)."
     return {'ptr': torch.from_numpy(np.ascontiguousarray(h.ptr, np.int64)), 'items': torch.from_numpy(h.items.astype(np.int32 if n_items < 2**31 else np.int64)),
@@ -178,6 +180,7 @@ def ratings_from(raw:dict, path:Path, m:dict, c:dict, scale) -> tuple:
     _on_scale(fn, new.rating.to_numpy(), scale)
     return UserItems.from_csr(ptr, items, ratings), new
 
+# %% ../nbs/11_store.ipynb #1cc109e3
 def model_settings(meta:dict, fn) -> tuple:
     "(Recommender settings, FLM settings) from a model file's metadata, checked."
     try:
