@@ -242,13 +242,17 @@ def test_unwritable_cache_warns_and_returns(enc, monkeypatch):
     assert not enc.cache_path(TEXTS).exists()
 
 
+@pytest.mark.needs_data('ml-latest-small')
 def test_benchmark_script_runs(tmp_path):
-    import subprocess, sys, os
+    "`python -m benchmarks.encode`, short: every encoder and precision is timed, and its JSON carries the provenance record."
+    import json, subprocess, sys, os
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, 'FLM_CACHE': str(tmp_path)}
-    r = subprocess.run([sys.executable, str(root/'benchmarks'/'encode.py'), '--n', '96', '--rounds', '1', '--precisions', 'bf16,int8'],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run([sys.executable, '-m', 'benchmarks.encode', '--n', '96', '--rounds', '1', '--precisions', 'bf16,int8', '--out', str(tmp_path/'e.json')],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=root)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout
+    res = json.loads((tmp_path/'e.json').read_text())
+    assert res['provenance']['command'] == f"python -m benchmarks.encode --n 96 --rounds 1 --precisions bf16,int8 --out {tmp_path/'e.json'}"
     for s in ('sentence-transformers', 'TextEncoder fp32', 'TextEncoder fp32 / sentence-transformers:', 'TextEncoder bf16 / fp32:', 'TextEncoder int8 / fp32:', 'cache: first'):
         assert s in out, out

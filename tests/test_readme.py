@@ -1,5 +1,7 @@
-"Every number in the README's results and scaling tables is the one `benchmarks/ranking.py` or `benchmarks/scale.py` wrote to `benchmarks/results/`."
-import json, re
+"""Every number in the README's results and scaling tables is the one `benchmarks.ranking` or `benchmarks.scale` wrote to
+`benchmarks/results/`. A system trained with several seeds shows `mean ± std` (its `metrics` and `metrics_std`); the headline
+FLM recipe is the one `ranking.json` chose on validation (`headline`), and the spread over split seeds (`split_spread`) is quoted."""
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,24 +18,41 @@ def _tables():
     if cur is not None: tables.append(cur)
     return tables, text
 
+def _cell(row, metric) -> str:
+    "A metric as the README shows it: 4 decimals, and `± std` when the system ran with several seeds."
+    v = f"{row['metrics'][metric]:.4f}"
+    return v + (f" ± {row['metrics_std'][metric]:.4f}" if metric in row.get('metrics_std', {}) else '')
+
+def _name(cell:str) -> str:
+    "A system's name in a README row, without a ' (headline)' mark."
+    return cell.removesuffix(' (headline)').strip('*` ')
+
 def test_readme_results_match_the_benchmark_file():
     r = json.loads((ROOT/'benchmarks'/'results'/'ranking.json').read_text())
     (warm, cold), text = _tables()
+    assert f"`{r['provenance']['command']}`" in text, r['provenance']['command']     # the command that wrote the file
     sys_ = {s['system']: s for s in r['ranking']['ml-100k']['systems'] if 'metrics' in s}
-    assert [row[0] for row in warm['rows']] == sorted(sys_, key=lambda k: -sys_[k]['metrics']['NDCG@10'])
+    assert [_name(row[0]) for row in warm['rows']] == sorted(sys_, key=lambda k: -sys_[k]['metrics']['NDCG@10'])
     for row in warm['rows']:
-        m = sys_[row[0]]['metrics']
-        for col, v in zip(warm['header'][1:5], row[1:5]): assert float(v) == round(m[col], 4), (row[0], col, v, m[col])
-        assert float(row[5]) == round(sys_[row[0]]['fit_seconds'], 1)
-    cs = {d: {s['system']: s['metrics'] for s in r['cold_items'][d]['systems'] if 'metrics' in s} for d in r['cold_items']}
+        s = sys_[_name(row[0])]
+        for col, v in zip(warm['header'][1:5], row[1:5]): assert v == _cell(s, col), (row[0], col, v, _cell(s, col))
+        assert float(row[5]) == round(s['fit_seconds'], 1)
+    head = r.get('headline', {}).get('ml-100k')
+    if head:                                                   # one FLM recipe, chosen on validation, marked and named
+        marked = [_name(row[0]) for row in warm['rows'] if row[0].endswith('(headline)')]
+        assert marked == [head['chosen']], (marked, head['chosen'])
+        assert f"`{head['chosen']}`" in text and 'validation' in text
+        for name, v in r['ranking']['ml-100k'].get('split_spread', {}).items():
+            assert f"{v['mean']['NDCG@10']:.4f} ± {v['std']['NDCG@10']:.4f}" in text, (name, 'spread over split seeds')
+    flm = head['chosen'] if head else 'FLM-rank'
+    assert f"takes about {sys_[flm]['fit_vs_cornac_bpr']:.0f} times cornac BPR" in text
+    cs = {d: {s['system']: s for s in r['cold_items'][d]['systems'] if 'metrics' in s} for d in r['cold_items']}
     for row in cold['rows']:
-        got = [float(v) for v in row[1:]]
-        want = [round(cs[d][row[0]][k], 4) for d in ('ml-100k', 'ml-latest-small') for k in ('AUC', 'NDCG@10')]
-        assert got == want, (row[0], got, want)
+        want = [_cell(cs[d][_name(row[0])], k) for d in ('ml-100k', 'ml-latest-small') for k in ('AUC', 'NDCG@10')]
+        assert row[1:] == want, (row[0], row[1:], want)
     u1 = r['u1']['rows']
     assert f"RMSE is {u1[1]['rmse']:.4f} against {u1[0]['rmse']:.4f}" in text
     assert f"NDCG@10 is {u1[1]['ndcg10']:.4f} against {u1[0]['ndcg10']:.4f}" in text
-    assert f"takes about {sys_['FLM-rank']['fit_vs_cornac_bpr']:.0f} times cornac BPR" in text
 
 SCALE_ROWS = {'loading (`load_movielens`)': 'load', 'one epoch, rating objective': 'rate', 'one epoch, ranking objective (sampled negatives)': 'rank',
               'top-10 for every user (`recommend_batch`)': 'serve', 'implicit ALS, one iteration': 'als', 'cornac BPR, one epoch': 'bpr'}

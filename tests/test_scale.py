@@ -1,6 +1,6 @@
 """Issue #15, at a size CI can afford: batched serving gives the lists `recommend` gives and never shows a rated item (in
 training or since); the synthetic ml-25m has the shape it claims; ml-25m's layout goes through the loader (a zip built here,
-served on 127.0.0.1); and `benchmarks/scale.py --quick` runs every stage and writes its JSON. No training but the quick run."""
+served on 127.0.0.1); and `python -m benchmarks.scale --quick` runs every stage, each in its own process, and writes its JSON. No training but the quick run."""
 import http.server, io, json, sys, threading, zipfile, hashlib
 from pathlib import Path
 
@@ -131,16 +131,21 @@ def test_ml25m_is_downloaded_checked_and_read(tmp_path, monkeypatch):
 
 # --- the benchmark, CI size -----------------------------------------------------------------------------------------
 
-def test_scale_benchmark_quick(tmp_path, monkeypatch):
-    "`benchmarks/scale.py --quick`: every stage of ours at 100 k ratings (peers skipped where not installed), JSON with the command line."
-    sys.path.insert(0, str(Path(__file__).parents[1]/'benchmarks'))
-    import scale
-    monkeypatch.setenv('FLM_CACHE', str(tmp_path/'cache'))
-    out = tmp_path/'scale.json'
-    res = scale.main(['--quick', '--items', '400', '--out', str(out)])
+def test_scale_benchmark_quick(tmp_path):
+    """`python -m benchmarks.scale --quick`: every stage of ours at 100 k ratings (peers skipped where not installed), each in its own
+    process (`benchmarks.scale_stage`) with its own peak RSS, and JSON with the provenance record."""
+    import os, subprocess
+    root, out = Path(__file__).parents[1], tmp_path/'scale.json'
+    r = subprocess.run([sys.executable, '-m', 'benchmarks.scale', '--quick', '--items', '400', '--out', str(out)], cwd=root, capture_output=True,
+                       text=True, timeout=900, env={**os.environ, 'FLM_CACHE': str(tmp_path/'cache')})
+    assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(out.read_text())
-    assert got['run']['command'].startswith('python benchmarks/scale.py --quick') and list(got['sizes']) == ['100000']
+    assert got['provenance']['command'] == f'python -m benchmarks.scale --quick --items 400 --out {out}' and list(got['sizes']) == ['100000']
+    assert got['run']['command'] == got['provenance']['command']
     st = got['sizes']['100000']['stages']
     for k in ('load', 'encode', 'rate', 'serve', 'rank'): assert st[k]['seconds'] > 0 and st[k]['peak_rss_gb'] > 0, k
+    peaks = {k: v['peak_rss_gb'] for k, v in st.items() if 'peak_rss_gb' in v}
+    assert len(set(peaks.values())) > 1, peaks                        # each stage's own peak (ru_maxrss gave one inherited number)
+    assert peaks['load'] < peaks['rate'], peaks                       # loading alone holds less than loading + a model + an epoch
     assert st['serve']['rows'] == 10 * got['sizes']['100000']['n_users']
-    assert {'rate epoch < 5 min', 'top-10 for all users < 60 s'} <= set(got['targets']) and res['rank_settings']['negatives'] == 'sampled'
+    assert {'rate epoch < 5 min', 'top-10 for all users < 60 s'} <= set(got['targets']) and got['rank_settings']['negatives'] == 'sampled'
