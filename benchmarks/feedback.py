@@ -1,6 +1,6 @@
 """Explore or exploit: our policies against greedy, popularity and MABWiser's LinUCB/LinTS in one replay simulation.
 
-    python -m benchmarks.feedback --users 30 --out benchmarks/results/feedback.json   # 5 seeds, T = 20 rounds (about 45 min on 2 cores)
+    python -m benchmarks.feedback --users 30 --out benchmarks/results/feedback.json   # 5 seeds, T = 20 rounds (about an hour on 2 cores)
     python -m benchmarks.feedback --quick                                            # CI-size: 2 seeds, 10 users, 5 rounds, 1-point grids
 
 Protocol (`feedback.simulate`, Li et al. 2011's replay): ml-100k, `split('cold_users', pct=0.2, seed=0)`. The FLM
@@ -154,10 +154,10 @@ def timing(rec, held, a):
         r = copy.deepcopy(rec)
         t = time.perf_counter(); r.update(new); ups.append(time.perf_counter() - t)
     for _ in range(a.refit_repeats):
-        r = copy.deepcopy(rec); r.update(new)
+        r = copy.deepcopy(rec); r.update(new); n = len(r.all_ratings())
         t = time.perf_counter(); r.refit(epochs=1); refits.append(time.perf_counter() - t)
     out = dict(update_one_user_5_ratings_ms=statistics.median(ups) * 1e3, update_repeats_ms=[x * 1e3 for x in ups],
-               refit_all_users_1_epoch_s=statistics.median(refits), refit_repeats_s=refits, n_ratings_refit=len(rec.all_ratings()),
+               refit_all_users_1_epoch_s=statistics.median(refits), refit_repeats_s=refits, n_ratings_refit=n,
                what=("update: Recommender.update(5 ratings of one new user), which re-folds that user from their ratings; refit: "
                      "Recommender.refit(epochs=1), a warm-started epoch over every rating (training side + the 5). Both learn the same 5 "
                      "ratings; refit also retrains every other user and item, so the two are not the same amount of computation"))

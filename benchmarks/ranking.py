@@ -1,6 +1,6 @@
 """Top-N ranking on Microsoft Recommenders' MovieLens protocol, and cold-item ranking, against the peers.
 
-    python -m benchmarks.ranking --out benchmarks/results/ranking.json     # every part, every system (~40 min on 2 cores)
+    python -m benchmarks.ranking --out benchmarks/results/ranking.json     # every part, every system (~35 min on 2 cores)
     python -m benchmarks.ranking --quick                                    # CI-size smoke test: few epochs, 2 seeds, ml-100k only
     python -m benchmarks.ranking --systems EASE cornac-BPR --no-cold        # a subset of systems
     python -m benchmarks.ranking --ml1m ~/data/ml-1m                        # also the warm part on ml-1m (skipped if absent)
