@@ -17,6 +17,27 @@ from .data import *
 from .factorization import *
 from .recommend import *
 
+# %% ../nbs/13_feedback.ipynb #ba23fcba
+def _replay_user(rec, u, items, vals, rng, name, learn, rounds, k, start, like, policy_kw) -> list:
+    "`simulate`'s rounds for user code `u`, whose held-out ratings are `vals` of `items`: a row per round; `rec` learns each revealed rating."
+    truth = dict(zip(items.tolist(), vals.tolist()))
+    n0 = int(rng.integers(start[0], start[1] + 1))
+    known = list(rng.choice(items, min(n0, len(items)), replace=False)) if n0 else []
+    uid = rec.users.id[u]
+    if known: rec.update(pd.DataFrame({'user': [uid] * len(known), 'item': rec.items.id[known].tolist(), 'rating': [truth[i] for i in known]}))
+    shown, rows = set(known), []
+    for t in range(rounds):
+        top = rec.recommend(uid, k=k, exclude=rec.items.id[sorted(shown)].tolist() if shown else None, policy=name,
+                            seed=int(rng.integers(2**31)), **policy_kw)
+        codes = rec._vocab.item_code(as_ids(top.id))
+        revealed = [i for i in codes.tolist() if i in truth]
+        clicks = sum(truth[i] >= like for i in revealed)
+        rows.append(dict(user=int(u), round=t + 1, clicks=int(clicks), shown=len(codes), revealed=len(revealed), items=codes.tolist()))
+        shown.update(codes.tolist())
+        if learn is not None: learn(int(u), codes, [int(truth.get(i, 0) >= like) for i in codes.tolist()])
+        if revealed: rec.update(pd.DataFrame({'user': [uid] * len(revealed), 'item': rec.items.id[revealed].tolist(), 'rating': [truth[i] for i in revealed]}))
+    return rows
+
 # %% ../nbs/13_feedback.ipynb #5b8aadfe
 def simulate(rec:Recommender, # trained without the simulated users (e.g. on a `cold_users` split); it is copied, not changed
              held_out:Interactions, # the simulated users' ratings, coded like `rec`: what they would say about an item shown to them
@@ -38,24 +59,7 @@ def simulate(rec:Recommender, # trained without the simulated users (e.g. on a `
     users = np.unique(held_out.ratings.user.to_numpy())
     if n_users is not None: users = rng.choice(users, min(n_users, len(users)), replace=False)
     rows = []
-    for u in users:
-        items, vals = ui[u], ui.values[ui.ptr[u]:ui.ptr[u + 1]]
-        truth = dict(zip(items.tolist(), vals.tolist()))
-        n0 = int(rng.integers(start[0], start[1] + 1))
-        known = list(rng.choice(items, min(n0, len(items)), replace=False)) if n0 else []
-        uid = rec.users.id[u]
-        if known: rec.update(pd.DataFrame({'user': [uid] * len(known), 'item': rec.items.id[known].tolist(), 'rating': [truth[i] for i in known]}))
-        shown = set(known)
-        for t in range(rounds):
-            top = rec.recommend(uid, k=k, exclude=rec.items.id[sorted(shown)].tolist() if shown else None, policy=name,
-                                seed=int(rng.integers(2**31)), **policy_kw)
-            codes = rec._vocab.item_code(as_ids(top.id))
-            revealed = [i for i in codes.tolist() if i in truth]
-            clicks = sum(truth[i] >= like for i in revealed)
-            rows.append(dict(user=int(u), round=t + 1, clicks=int(clicks), shown=len(codes), revealed=len(revealed), items=codes.tolist()))
-            shown.update(codes.tolist())
-            if learn is not None: learn(int(u), codes, [int(truth.get(i, 0) >= like) for i in codes.tolist()])
-            if revealed: rec.update(pd.DataFrame({'user': [uid] * len(revealed), 'item': rec.items.id[revealed].tolist(), 'rating': [truth[i] for i in revealed]}))
+    for u in users: rows += _replay_user(rec, u, ui[u], ui.values[ui.ptr[u]:ui.ptr[u + 1]], rng, name, learn, rounds, k, start, like, policy_kw)
     return pd.DataFrame(rows).assign(policy=name, seed=seed)
 
 # %% ../nbs/13_feedback.ipynb #c2756237
