@@ -28,6 +28,7 @@ from fastai.callback.schedule import *
 from fastai.callback.progress import *
 from fastai.torch_core import rank_distrib, num_distrib
 from fastai.distributed import DistributedTrainer
+from fastcore.basics import patch
 from fastcore.foundation import L
 from fastcore.meta import delegates
 
@@ -107,58 +108,64 @@ class InteractionsDL(DataLoader):
         self.x, self.y, self.seed, self.rank, self.world_size, self.epoch = x, y, seed, rank, world_size, 0
         self.neg, self.n_items, self.neg_weights, self.reject = int(neg), n_items, neg_weights, reject
 
-    def __len__(self):
-        n, bs = self.n, self.bs
-        return n // bs if self.drop_last else (n + bs - 1) // bs
+    def __len__(self): return self.n // self.bs if self.drop_last else (self.n + self.bs - 1) // self.bs
 
-    def _order(self):
-        if not self.shuffle: return None
-        if self.seed is None: return torch.randperm(self.n, device=self.x.device)
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.n, generator=g).to(self.x.device)
+# %% ../nbs/08_learner.ipynb #262d516e
+@patch
+def _order(self:InteractionsDL):
+    if not self.shuffle: return None
+    if self.seed is None: return torch.randperm(self.n, device=self.x.device)
+    g = torch.Generator().manual_seed(self.seed + self.epoch)
+    return torch.randperm(self.n, generator=g).to(self.x.device)
 
-    def _to_device(self):
-        if self.device is None or self.x.device == torch.device(self.device): return
-        move = lambda t: None if t is None else t.to(self.device)
-        self.x, self.y, self.neg_weights, self.reject = move(self.x), move(self.y), move(self.neg_weights), move(self.reject)
+@patch
+def _to_device(self:InteractionsDL):
+    if self.device is None or self.x.device == torch.device(self.device): return
+    move = lambda t: None if t is None else t.to(self.device)
+    self.x, self.y, self.neg_weights, self.reject = move(self.x), move(self.y), move(self.neg_weights), move(self.reject)
 
-    def __iter__(self):
-        self._to_device()
-        self.before_iter()
-        order, bs, ws, r = self._order(), self.bs, self.world_size, self.rank
-        g = None
-        if self.neg and self.seed is not None:   # negatives follow the seed too (a different stream per process)
-            g = torch.Generator(device=self.x.device).manual_seed(self.seed + 7919 * (self.epoch + 1) + r)
-        for b in range(len(self)):
-            lo, hi = b*bs, min((b + 1)*bs, self.n)
-            if ws > 1: lo, hi = lo + (hi - lo)*r//ws, lo + (hi - lo)*(r + 1)//ws
-            idx = slice(lo, hi) if order is None else order[lo:hi]
-            xb = self.x[idx]
-            if self.neg: xb = torch.cat([xb, sample_negatives(xb[:, 0], self.n_items, self.neg, self.neg_weights, self.reject, generator=g)], 1)
-            yield self.after_batch((xb, self.y[idx]))
-        self.epoch += 1
-        self.after_iter()
+# %% ../nbs/08_learner.ipynb #66ea1a41
+@patch
+def __iter__(self:InteractionsDL):
+    self._to_device()
+    self.before_iter()
+    order, bs, ws, r = self._order(), self.bs, self.world_size, self.rank
+    g = None
+    if self.neg and self.seed is not None:   # negatives follow the seed too (a different stream per process)
+        g = torch.Generator(device=self.x.device).manual_seed(self.seed + 7919 * (self.epoch + 1) + r)
+    for b in range(len(self)):
+        lo, hi = b*bs, min((b + 1)*bs, self.n)
+        if ws > 1: lo, hi = lo + (hi - lo)*r//ws, lo + (hi - lo)*(r + 1)//ws
+        idx = slice(lo, hi) if order is None else order[lo:hi]
+        xb = self.x[idx]
+        if self.neg: xb = torch.cat([xb, sample_negatives(xb[:, 0], self.n_items, self.neg, self.neg_weights, self.reject, generator=g)], 1)
+        yield self.after_batch((xb, self.y[idx]))
+    self.epoch += 1
+    self.after_iter()
 
-    def new(self, x:torch.Tensor|None=None, y:torch.Tensor|None=None, **kwargs):
-        "A copy of this loader with some settings changed, over other rows `x`, `y` if given."
-        kw = dict(bs=self.bs, shuffle=self.shuffle, drop_last=self.drop_last, device=self.device, seed=self.seed,
-                  rank=self.rank, world_size=self.world_size, neg=self.neg, n_items=self.n_items, neg_weights=self.neg_weights, reject=self.reject)
-        kw.update({k: v for k, v in kwargs.items() if k in kw})
-        return type(self)(self.x if x is None else x, self.y if y is None else y, **kw)
+# %% ../nbs/08_learner.ipynb #601cd75c
+@patch
+def new(self:InteractionsDL, x:torch.Tensor|None=None, y:torch.Tensor|None=None, **kwargs):
+    "A copy of this loader with some settings changed, over other rows `x`, `y` if given."
+    kw = dict(bs=self.bs, shuffle=self.shuffle, drop_last=self.drop_last, device=self.device, seed=self.seed,
+              rank=self.rank, world_size=self.world_size, neg=self.neg, n_items=self.n_items, neg_weights=self.neg_weights, reject=self.reject)
+    kw.update({k: v for k, v in kwargs.items() if k in kw})
+    return type(self)(self.x if x is None else x, self.y if y is None else y, **kw)
 
-    @classmethod
-    def from_interactions(cls, data:Interactions,
-                          neg:int=0, # sampled negatives per row
-                          neg_alpha:float=0.0, # sample items in proportion to (training count) ** neg_alpha; 0: uniformly
-                          positives:Interactions|None=None, # whose pairs are never drawn as negatives (default: `data`)
-                          **kwargs):
-        "A loader over the ratings of `data`; with `neg`, each row also gets `neg` negatives that are none of the user's positives."
-        r = data.ratings
-        x, y = torch.tensor(r[['user', 'item']].to_numpy(), dtype=torch.long), torch.tensor(r.rating.to_numpy(), dtype=torch.float32)
-        if not neg: return cls(x, y, **kwargs)
-        p = data if positives is None else positives
-        reject = torch.unique(pair_keys(torch.tensor(p.ratings.user.to_numpy()), torch.tensor(p.ratings.item.to_numpy()), data.n_items))
-        return cls(x, y, neg=neg, n_items=data.n_items, neg_weights=popularity_weights(p, neg_alpha), reject=reject, **kwargs)
+# %% ../nbs/08_learner.ipynb #d34470ea
+@patch(cls_method=True)
+def from_interactions(cls:InteractionsDL, data:Interactions,
+                      neg:int=0, # sampled negatives per row
+                      neg_alpha:float=0.0, # sample items in proportion to (training count) ** neg_alpha; 0: uniformly
+                      positives:Interactions|None=None, # whose pairs are never drawn as negatives (default: `data`)
+                      **kwargs):
+    "A loader over the ratings of `data`; with `neg`, each row also gets `neg` negatives that are none of the user's positives."
+    r = data.ratings
+    x, y = torch.tensor(r[['user', 'item']].to_numpy(), dtype=torch.long), torch.tensor(r.rating.to_numpy(), dtype=torch.float32)
+    if not neg: return cls(x, y, **kwargs)
+    p = data if positives is None else positives
+    reject = torch.unique(pair_keys(torch.tensor(p.ratings.user.to_numpy()), torch.tensor(p.ratings.item.to_numpy()), data.n_items))
+    return cls(x, y, neg=neg, n_items=data.n_items, neg_weights=popularity_weights(p, neg_alpha), reject=reject, **kwargs)
 
 # %% ../nbs/08_learner.ipynb #f48ce743
 class EpochSync(Callback):
@@ -188,6 +195,7 @@ class RatingMetric(AccumMetric):
         pred = learn.pred[0] if isinstance(learn.pred, tuple) else learn.pred
         self.accum_values(pred, learn.y, learn)
 
+# %% ../nbs/08_learner.ipynb #9c9854c3
 class RankingMetric(Metric):
     "NDCG@k, recall@k or precision@k of full-catalogue top-k lists for the validation users, their training items left out."
     def __init__(self,
@@ -208,6 +216,7 @@ class RankingMetric(Metric):
         if self.learn is None or not len(self.users): return None
         return ranking_metric(_bare(self.learn.model), self.users, self.seen, self.relevant, self.k, self.metric, self.batch_size)
 
+# %% ../nbs/08_learner.ipynb #00339a4b
 def ranking_metric(model, # follows the model protocol (`score_items`, `n_items`)
                    users:np.ndarray, # user codes to rank for
                    seen:UserItems, # their training items, left out of the lists
@@ -225,6 +234,7 @@ def ranking_metric(model, # follows the model protocol (`score_items`, `n_items`
         vals.append(fn(rel.gather(1, top), rel.sum(1)))
     return torch.cat(vals).mean().item()
 
+# %% ../nbs/08_learner.ipynb #21fc26f3
 def flm_metrics(model:FLM|None=None, # a ranking model gets a ranking metric (with `train`, `valid`); a rating model RMSE and MAE
                 train:Interactions|None=None, valid:Interactions|None=None, k:int=10) -> list:
     "Fresh metrics for an FLM: RMSE and MAE on its ratings (accumulated over the validation set), NDCG@k if it ranks."
@@ -254,6 +264,7 @@ def _load_opt(opt, tensors, meta):
         state[int(j)][name] = v
     opt.load_state_dict(dict(state=state, hypers=L(meta['hypers'])))
 
+# %% ../nbs/08_learner.ipynb #533d31ed
 def _bare(model): return getattr(model, 'module', model)   # unwrap DistributedDataParallel
 
 def save_checkpoint(learn:Learner, path:str|Path, with_opt:bool=True, **meta) -> Path:
@@ -297,6 +308,7 @@ class FLMEarlyStopping(EarlyStoppingCallback):
     def after_epoch(self):
         if not _skipped(self): super().after_epoch()
 
+# %% ../nbs/08_learner.ipynb #6b58dbcb
 class FLMCheckpoint(TrackerCallback):
     "Save the best weights and a resumable last-epoch checkpoint (safetensors); reload the best at the end."
     order = TrackerCallback.order + 1
