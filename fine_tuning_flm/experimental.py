@@ -161,6 +161,20 @@ def rerank(self:PromptRanker, user_text:str, candidates, item_texts:list) -> np.
     s = self.score([user_text]*len(candidates), [item_texts[i] for i in candidates])
     return candidates[np.argsort(-s, kind='stable')]
 
+# %% ../nbs/15_experimental.ipynb #ebf2f77f
+def _prompt_negatives(train, rng, users, n_neg, rated, hard):
+    "Negative (user, item) codes for `prompt_pairs`: `n_neg` random unrated items of `users`, then the `hard` ones (refused if rated)."
+    nu, ni = [], []
+    while len(nu) < n_neg:
+        u, i = int(rng.choice(users)), int(rng.integers(train.n_items))
+        if (u, i) not in rated: nu.append(u); ni.append(i)
+    if hard is not None:
+        hu, hi = map(np.asarray, hard)
+        ok = np.array([(int(u), int(i)) not in rated for u, i in zip(hu, hi)], dtype=bool)
+        if not ok.all(): raise ValueError(f"prompt_pairs: {int((~ok).sum()):,} hard negatives are rated in train (user {int(hu[~ok][0])}, item {int(hi[~ok][0])})")
+        nu, ni = nu + hu.tolist(), ni + hi.tolist()
+    return nu, ni
+
 # %% ../nbs/15_experimental.ipynb #d211b9a2
 def prompt_pairs(
     train:Interactions,
@@ -183,15 +197,7 @@ def prompt_pairs(
     labels = (r.rating.to_numpy() >= threshold).astype(np.float32)
     n_neg = int(round(neg_ratio * labels.sum()))
     rated = set(zip(train.ratings.user.to_numpy().tolist(), train.ratings.item.to_numpy().tolist()))
-    nu, ni = [], []
-    while len(nu) < n_neg:
-        u, i = int(rng.choice(users)), int(rng.integers(train.n_items))
-        if (u, i) not in rated: nu.append(u); ni.append(i)
-    if hard is not None:
-        hu, hi = map(np.asarray, hard)
-        ok = np.array([(int(u), int(i)) not in rated for u, i in zip(hu, hi)], dtype=bool)
-        if not ok.all(): raise ValueError(f"prompt_pairs: {int((~ok).sum()):,} hard negatives are rated in train (user {int(hu[~ok][0])}, item {int(hi[~ok][0])})")
-        nu, ni = nu + hu.tolist(), ni + hi.tolist()
+    nu, ni = _prompt_negatives(train, rng, users, n_neg, rated, hard)
     users, items = np.r_[users, nu].astype(int), np.r_[items, ni].astype(int)
     labels = np.r_[labels, np.zeros(len(nu), np.float32)]
     texts = train.items.text.to_numpy()
