@@ -250,6 +250,7 @@ def _as_codes(x, device):
     if isinstance(x, torch.Tensor): return x.to(device=device, dtype=torch.long).reshape(-1)
     return torch.from_numpy(np.array(x, dtype=np.int64)).to(device).reshape(-1)   # a copy: pandas 3 arrays are read-only
 
+# %% ../nbs/07_factorization.ipynb #cd7bcd82
 @patch
 @torch.no_grad()
 def predict(self:FLM,
@@ -327,6 +328,35 @@ def user_prior(self:FLM,
         p0 = p0 + self.hist.weight[items].double().sum(0) / len(items) ** self.history_alpha
     return p0, b0
 
+# %% ../nbs/07_factorization.ipynb #718b05c6
+@patch
+def _fold_ratings(self:FLM, i, ratings):
+    "`ratings` of the items `i` as a tensor, checked against the model's range; None where a ranking model gets items alone."
+    if ratings is None:
+        if not self.ranks: raise ValueError("fold_in: a rating model needs the user's ratings")
+        return None
+    r = torch.from_numpy(np.array(ratings, dtype=np.float32)).to(self.mu.device).reshape(-1)
+    if len(i) != len(r): raise ValueError(f"fold_in: {len(i):,} items but {len(r):,} ratings")
+    if r.isnan().any(): raise ValueError(f"fold_in: {int(r.isnan().sum())} rating(s) are NaN")
+    lo, hi = self.y_range
+    if (r < lo).any() or (r > hi).any(): raise ValueError(f"fold_in: ratings must lie inside the model's range {self.y_range}, got {r.min().item()}..{r.max().item()}")
+    return r
+
+# %% ../nbs/07_factorization.ipynb #ac9fc352
+@patch
+def _fold_in_rate(self:FLM, i, r, q, b, p0, b0, prior, prior_bias):
+    "A rating model's fold-in: the ridge regression of the ratings' logits on the items' [q_i, 1], in closed form, shrunk towards (p0, b0)."
+    dev = self.mu.device
+    q, bi = q[i].double(), b[i, 0].double()
+    lo, hi = self.y_range
+    y = ((r.double() - lo) / (hi - lo)).clamp(1e-4, 1 - 1e-4)
+    z = torch.log(y / (1 - y)) - self.mu.double() - bi - b0 - q @ p0
+    A = torch.cat([q, torch.ones(len(i), 1, dtype=torch.double, device=dev)], 1)
+    lam = torch.tensor([prior] * self.n_factors + [prior_bias], dtype=torch.double, device=dev)
+    x = torch.linalg.solve(A.T @ A + torch.diag(lam), A.T @ z)
+    return (p0 + x[:-1]).float(), (b0 + x[-1]).float()
+
+# %% ../nbs/07_factorization.ipynb #ddcfb55b
 @patch
 @torch.no_grad()
 def fold_in(self:FLM,
@@ -344,14 +374,7 @@ def fold_in(self:FLM,
     if len(i) == 0: raise ValueError("fold_in: needs at least one item")
     prior = (1.0 if self.ranks else 5.0) if prior is None else prior
     if prior <= 0 or prior_bias <= 0: raise ValueError(f"fold_in: prior strengths must be positive, got {prior}, {prior_bias}")
-    r = None
-    if ratings is not None:
-        r = torch.from_numpy(np.array(ratings, dtype=np.float32)).to(dev).reshape(-1)
-        if len(i) != len(r): raise ValueError(f"fold_in: {len(i):,} items but {len(r):,} ratings")
-        if r.isnan().any(): raise ValueError(f"fold_in: {int(r.isnan().sum())} rating(s) are NaN")
-        lo, hi = self.y_range
-        if (r < lo).any() or (r > hi).any(): raise ValueError(f"fold_in: ratings must lie inside the model's range {self.y_range}, got {r.min().item()}..{r.max().item()}")
-    elif not self.ranks: raise ValueError("fold_in: a rating model needs the user's ratings")
+    r = self._fold_ratings(i, ratings)
     self._check_codes(None, i, cold)
     q, b = self._item_table(cold)
     if self.ranks:
@@ -359,15 +382,9 @@ def fold_in(self:FLM,
         p0, b0 = self.user_prior(liked, user_text)
         return self._fold_in_rank(i, r, liked, q.double(), b.double(), p0, b0, prior, prior_bias, steps)
     p0, b0 = self.user_prior(i, user_text)
-    q, bi = q[i].double(), b[i, 0].double()
-    lo, hi = self.y_range
-    y = ((r.double() - lo) / (hi - lo)).clamp(1e-4, 1 - 1e-4)
-    z = torch.log(y / (1 - y)) - self.mu.double() - bi - b0 - q @ p0
-    A = torch.cat([q, torch.ones(len(i), 1, dtype=torch.double, device=dev)], 1)
-    lam = torch.tensor([prior] * self.n_factors + [prior_bias], dtype=torch.double, device=dev)
-    x = torch.linalg.solve(A.T @ A + torch.diag(lam), A.T @ z)
-    return (p0 + x[:-1]).float(), (b0 + x[-1]).float()
+    return self._fold_in_rate(i, r, q, b, p0, b0, prior, prior_bias)
 
+# %% ../nbs/07_factorization.ipynb #b69a9330
 @patch
 @torch.no_grad()
 def score_user(self:FLM, p:torch.Tensor, b:torch.Tensor, cold:bool=False,
@@ -396,16 +413,7 @@ def posterior(self:FLM,
         h = 2 * (A.T @ A + prior * torch.eye(self.n_factors, dtype=torch.double, device=A.device)) / noise**2
     else:
         r = None if ratings is None else torch.tensor(np.asarray(ratings, dtype=np.float32), device=i.device)
-        liked = self._liked(i, r)
-        if self.rank_loss == 'softmax':      # in closed form: n (Q' diag(pi) Q - Q'pi pi'Q) / T^2 + 2 prior I, pi the softmax of the scores
-            Q = q.double(); pi = torch.softmax((Q @ p.double() + bt[:, -1].double()) / self.temperature, 0); m_ = Q.T @ pi
-            h = self.rank_weight * len(liked) * ((Q * pi[:, None]).T @ Q - torch.outer(m_, m_)) / self.temperature**2 if self.rates and ratings is not None \
-                else len(liked) * ((Q * pi[:, None]).T @ Q - torch.outer(m_, m_)) / self.temperature**2
-            h = h + 2 * prior * torch.eye(self.n_factors, dtype=torch.double, device=Q.device)
-        else:                                # BPR, BCE: the Hessian of the fold-in loss by autograd
-            loss = self._rank_fold_loss(i, r, liked, q.double(), bt.double(), *self.user_prior(liked, user_text), prior, prior_bias)
-            bu = b.double()
-            with torch.enable_grad(): h = torch.autograd.functional.hessian(lambda x: loss(x, bu), p.double())
+        h = self._rank_hessian(i, r, p, b, q, bt, user_text, prior, prior_bias)
     cov = torch.linalg.inv(h + 1e-9 * torch.eye(len(h), dtype=h.dtype, device=h.device))
     return p, b, ((cov + cov.T) / 2).float()
 
@@ -530,6 +538,7 @@ def pooled_history(self:FLM, users, exclude=None) -> torch.Tensor:
         s, n = s - self.hist.weight[exclude] * inside[:, None], n - inside
     return s / n.clamp(min=1).pow(self.history_alpha)[:, None]
 
+# %% ../nbs/07_factorization.ipynb #cbd8c13f
 @patch
 def in_history(self:FLM, users, items) -> torch.Tensor:
     "Bool per (user, item) pair: is the item among the user's training items?"
@@ -547,6 +556,7 @@ def _hist_keys(self:FLM):
         self._keys = k = users * self.n_items + self.hist_items
     return k
 
+# %% ../nbs/07_factorization.ipynb #e06c1aa1
 @patch
 def user_side(self:FLM, users, keep=None, exclude=None) -> tuple:
     "p_u and b_u for user codes: ID part (times `keep`), projected text, and the pooled history (without `exclude`)."
@@ -562,6 +572,7 @@ def _liked(self:FLM, i, r):
     lo, hi = self.y_range
     return i[r >= (self.positive_rating if self.positive_rating is not None else (lo + hi) / 2)]
 
+# %% ../nbs/07_factorization.ipynb #dbfddba1
 @patch
 def _rank_fold_loss(self:FLM, i, r, liked, q, b, p0, b0, prior, prior_bias):
     "The fold-in objective of a ranking model for one user, as a function of (p, b_u): its training loss over the whole catalogue (+ MSE on `r`), plus the ridge towards (p0, b0)."
@@ -579,6 +590,7 @@ def _rank_fold_loss(self:FLM, i, r, liked, q, b, p0, b0, prior, prior_bias):
         return l + prior * (p - p0).pow(2).sum() + prior_bias * (bu - b0).pow(2)
     return loss
 
+# %% ../nbs/07_factorization.ipynb #71d4f930
 @patch
 def _fold_in_rank(self:FLM, i, r, liked, q, b, p0, b0, prior, prior_bias, steps):
     "Minimise `_rank_fold_loss` by L-BFGS, from (p0, b0)."
@@ -589,3 +601,17 @@ def _fold_in_rank(self:FLM, i, r, liked, q, b, p0, b0, prior, prior_bias, steps)
         opt.zero_grad(); l = loss(p, bu); l.backward(); return l
     with torch.enable_grad(): opt.step(closure)
     return p.detach().float(), bu.detach().float()
+
+# %% ../nbs/07_factorization.ipynb #0c51ea25
+@patch
+def _rank_hessian(self:FLM, i, r, p, b, q, bt, user_text, prior, prior_bias):
+    "The Hessian in p of a ranking model's fold-in loss at (p, b), for `posterior`: in closed form for the softmax, by autograd for BPR and BCE."
+    liked = self._liked(i, r)
+    if self.rank_loss == 'softmax':      # in closed form: n (Q' diag(pi) Q - Q'pi pi'Q) / T^2 + 2 prior I, pi the softmax of the scores
+        Q = q.double(); pi = torch.softmax((Q @ p.double() + bt[:, -1].double()) / self.temperature, 0); m_ = Q.T @ pi
+        h = self.rank_weight * len(liked) * ((Q * pi[:, None]).T @ Q - torch.outer(m_, m_)) / self.temperature**2 if self.rates and r is not None \
+            else len(liked) * ((Q * pi[:, None]).T @ Q - torch.outer(m_, m_)) / self.temperature**2
+        return h + 2 * prior * torch.eye(self.n_factors, dtype=torch.double, device=Q.device)
+    loss = self._rank_fold_loss(i, r, liked, q.double(), bt.double(), *self.user_prior(liked, user_text), prior, prior_bias)   # BPR, BCE
+    bu = b.double()
+    with torch.enable_grad(): return torch.autograd.functional.hessian(lambda x: loss(x, bu), p.double())
