@@ -74,7 +74,7 @@ def _ddp_worker(rank, world, port, out):
     d, iv, uv = toy()
     trn, tst = d.split('random', valid_pct=0.2, seed=0)
     set_seed(0)
-    learn = flm_learner(trn, tst, item_vectors=iv, user_vectors=uv, bs=400, seed=0)
+    learn = flm_learner(trn, tst, item_vectors=iv, user_vectors=uv, bs=400, seed=0, id_dropout=0.0)   # ID dropout draws differ per process
     with learn.no_bar(), distributed(learn): learn.fit_one_cycle(2, 1e-2)
     torch.save({'state': learn.model.state_dict(), 'rmse': learn.validate()[1]}, os.path.join(out, f'rank{rank}.pt'))
 
@@ -86,7 +86,7 @@ def test_data_parallel_two_cpu_processes(tmp_path):
     d, iv, uv = toy(); trn, tst = d.split('random', valid_pct=0.2, seed=0)
     from fine_tuning_flm.core import set_seed
     set_seed(0)
-    single = flm_learner(trn, tst, item_vectors=iv, user_vectors=uv, bs=400, seed=0, device='cpu')
+    single = flm_learner(trn, tst, item_vectors=iv, user_vectors=uv, bs=400, seed=0, device='cpu', id_dropout=0.0)
     # the same global batches: one process, drop_last as the sharded loader does
     single.dls.train = single.dls.train.new(drop_last=True)
     with single.no_bar(), single.no_logging(): single.fit_one_cycle(2, 1e-2)
