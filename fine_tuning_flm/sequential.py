@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['SEQ_RECIPE', 'Sequences', 'load_recbole', 'target_ranks', 'next_item_metrics', 'MoEAdapter', 'ItemSide', 'MeanTower',
            'SeqTower', 'NextItem', 'next_item_loss', 'NextItemDL', 'NextItemMetric', 'KeepBest', 'SeqConfig', 'LMItems',
-           'next_item_learner', 'fit_next_item', 'evaluate_next_item', 'MostPopularNext', 'EASENext', 'ContentKNNNext']
+           'next_item_learner', 'fit_next_item', 'evaluate_next_item', 'MostPopularNext', 'EASENext', 'ContentKNNNext',
+           'hold_out_items']
 
 # %% ../nbs/10_sequential.ipynb #f6e2d29b
 from dataclasses import dataclass
@@ -308,7 +309,7 @@ class NextItem(nn.Module):
         iv = self.items()
         real = x >= 0
         h = self.tower(iv[x.clamp(min=0)] * real[..., None])
-        if self.training: return self.logits(h, iv)
+        if self.training: return self.logits(h, iv).masked_fill(~self.items.seen, -torch.inf)   # an item without training data is no one's negative yet
         last = (real.sum(1) - 1).clamp(min=0)
         return self.logits(h[torch.arange(len(x), device=x.device), last], iv)
 
@@ -559,3 +560,27 @@ class ContentKNNNext:
     def score_histories(self, seqs, users):
         x = _history_matrix(seqs, users, len(self.v))
         return F.normalize(x @ self.v, dim=1) @ self.v.T
+
+# %% ../nbs/10_sequential.ipynb #10f24507
+@patch
+def without(self:Sequences, drop) -> Sequences:
+    "These sequences with the item codes in `drop` removed wherever they occur."
+    keep = ~np.isin(self.items, np.asarray(drop, np.int64))
+    counts = np.bincount(np.repeat(np.arange(self.n_users), self.lens())[keep], minlength=self.n_users)
+    return Sequences(np.r_[0, np.cumsum(counts)], self.items[keep])
+
+def hold_out_items(
+    train:Interactions, valid:Interactions, test:Interactions, # the sides of `load_recbole`
+    pct:float=0.2, seed:int=0,
+) -> tuple:
+    "`(train, valid, test, held)`: `pct` of the items (drawn with `seed`) removed with all their interactions, from the training sequences and from every history; valid and test keep only the users whose target is a held-out item and who have a history left."
+    rng = np.random.default_rng(seed)
+    held = np.sort(rng.choice(train.n_items, round(pct * train.n_items), replace=False))
+    seqs = train.sequences.without(held)
+    out = [_pairs(np.repeat(np.arange(train.n_users), seqs.lens()), seqs.items, np.zeros(len(seqs.items), np.int64), train.items, train.users, f'{train.name} (held-out items removed)', train.path)]
+    out[0].sequences = seqs
+    for side in (valid, test):
+        h = side.sequences.without(held); t = _targets(side)
+        keep = np.flatnonzero(np.isin(t, held) & (h.lens() > 0))
+        s = _pairs(keep, t[keep], h.lens(keep), side.items, side.users, f'{side.name} (targets: held-out items)', side.path); s.sequences = h; out.append(s)
+    return (*out, held)
