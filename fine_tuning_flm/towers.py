@@ -131,6 +131,10 @@ def trainable(
     return TrainableEncoder(encoder if encoder is not None else TextEncoder(), mode, k, r, alpha, dropout, target_modules)
 
 # %% ../nbs/06_towers.ipynb #89228889
+def _forget_table(module, state_dict, prefix, *args):
+    "Before weights are loaded into a `TrainableText`: drop its cached table if the state holds any of its weights."
+    if any(k.startswith(prefix) for k in state_dict): module._table = None
+
 class TrainableText(TextTower):
     "A text tower running a `TrainableEncoder` on the texts of the requested codes."
     def __init__(self,
@@ -148,6 +152,7 @@ class TrainableText(TextTower):
         if vectors is not None and tuple(vectors.shape) != (len(self.tokens), encoder.dim): raise ValueError(f"TrainableText: vectors must be ({len(self.tokens)}, {encoder.dim}), got {tuple(vectors.shape)}")
         self._table, self._lower = (None if vectors is None else torch.as_tensor(vectors).float()), None
         if encoder.mode == 'top_k': self._lower = self._run_lower()
+        self._register_load_state_dict_pre_hook(_forget_table, with_module=True)   # loaded weights: the cached table no longer holds
 
     dim = property(lambda self: self.encoder.dim)
     def __len__(self): return len(self.tokens)
