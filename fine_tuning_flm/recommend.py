@@ -6,7 +6,7 @@
 __all__ = ['POLICIES', 'SERVE_METRICS', 'Recommender', 'as_ids', 'epsilon_greedy', 'popularity', 'linucb', 'thompson']
 
 # %% ../nbs/12_recommend.ipynb #3f33d45f
-import contextlib, copy, hashlib, json
+import contextlib, copy, hashlib, json, time, warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -62,19 +62,6 @@ class Recommender:
         self.history, self._encoder, self.trained_encoder = _as_history(history, model.n_users), encoder, trained_encoder
         self.new_ratings = new_ratings
 
-    @classmethod
-    def from_learner(cls, learn, train:Interactions, encoder:TextEncoder|None=None):
-        "Serve the model of an FLM `learn` trained on `train`; `history` is `train.user_items()`, the index of its ratings."
-        m = getattr(learn, 'model', learn)
-        m = getattr(m, 'module', m).cpu().eval()
-        m.penalty = None                  # the last training batch's penalty: part of an autograd graph, not of the model
-        i_text, te_i = _materialise(m.i_text)
-        u_text, te_u = _materialise(m.u_text)
-        m.i_text, m.u_text = i_text, u_text
-        te = te_i or te_u
-        enc = te.to_encoder() if te is not None else encoder
-        return cls(m, train.items, train.users, train.user_items(), enc, te, train.scale)
-
     @property
     def new_ratings(self) -> pd.DataFrame:
         "Ratings received after training (user, item codes, rating, timestamp): left out of lists like the training ratings, saved with the model."
@@ -82,23 +69,37 @@ class Recommender:
     @new_ratings.setter
     def new_ratings(self, df): self._new, self._new_key = _new_table(df), None
 
-    @property
-    def encoder(self) -> TextEncoder:
-        "What reads new item texts: the encoder given, else the one the model was saved with, else the bundled MiniLM (loaded on first use)."
-        if self._encoder is None: self._encoder = TextEncoder(**(getattr(self, '_encoder_args', None) or {}))
-        return self._encoder
-
-    @property
-    def _vocab(self) -> Interactions:
-        "The vocabulary as an (empty) `Interactions`, for its id lookups; rebuilt when `items` or `users` is replaced (08 adds users)."
-        v = getattr(self, '_vocab_', None)
-        if v is None or v.items is not self.items or v.users is not self.users:
-            v = self._vocab_ = Interactions(pd.DataFrame(columns=['user', 'item', 'rating', 'timestamp']), self.items, self.users, self.scale, 'vocabulary')
-        return v
-
     def __repr__(self):
         n = f", {len(self.new_ratings):,} new" if len(self.new_ratings) else ''
         return f"Recommender({self.model.n_users:,} users, {self.model.n_items:,} items, {len(self.history.items):,} training ratings{n})"
+
+# %% ../nbs/12_recommend.ipynb #a25c1002
+@patch(cls_method=True)
+def from_learner(cls:Recommender, learn, train:Interactions, encoder:TextEncoder|None=None):
+    "Serve the model of an FLM `learn` trained on `train`; `history` is `train.user_items()`, the index of its ratings."
+    m = getattr(learn, 'model', learn)
+    m = getattr(m, 'module', m).cpu().eval()
+    m.penalty = None                  # the last training batch's penalty: part of an autograd graph, not of the model
+    i_text, te_i = _materialise(m.i_text)
+    u_text, te_u = _materialise(m.u_text)
+    m.i_text, m.u_text = i_text, u_text
+    te = te_i or te_u
+    enc = te.to_encoder() if te is not None else encoder
+    return cls(m, train.items, train.users, train.user_items(), enc, te, train.scale)
+
+@patch(as_prop=True)
+def encoder(self:Recommender) -> TextEncoder:
+    "What reads new item texts: the encoder given, else the one the model was saved with, else the bundled MiniLM (loaded on first use)."
+    if self._encoder is None: self._encoder = TextEncoder(**(getattr(self, '_encoder_args', None) or {}))
+    return self._encoder
+
+@patch(as_prop=True)
+def _vocab(self:Recommender) -> Interactions:
+    "The vocabulary as an (empty) `Interactions`, for its id lookups; rebuilt when `items` or `users` is replaced (`update` adds users)."
+    v = getattr(self, '_vocab_', None)
+    if v is None or v.items is not self.items or v.users is not self.users:
+        v = self._vocab_ = Interactions(pd.DataFrame(columns=['user', 'item', 'rating', 'timestamp']), self.items, self.users, self.scale, 'vocabulary')
+    return v
 
 # %% ../nbs/12_recommend.ipynb #h3a1b002
 @patch(as_prop=True)
@@ -127,6 +128,7 @@ def _check_user(self:Recommender, u, what:str) -> int:
         raise ValueError(f"{what}: {u!r} is not a user code of this model (0 to {self.model.n_users - 1:,})")
     return int(u)
 
+# %% ../nbs/12_recommend.ipynb #a25c1005
 @patch
 def _seen_items(self:Recommender, u:int) -> np.ndarray:
     "Item codes user code `u` rated, in training or since (`new_ratings`), sorted."
@@ -154,7 +156,7 @@ def _mask_seen(self:Recommender, scores:torch.Tensor, users:np.ndarray) -> torch
 
 # %% ../nbs/12_recommend.ipynb #8c889067
 def _check_k(k, what):
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1: raise ValueError(f"{what}: k must be a positive int, got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1: raise ValueError(f"{what}: k must be a positive int, got {show_value(k)}")
 
 def as_ids(ids):
     "Raw ids as numpy keeps them: an object array, so that a list mixing ints and strings is not turned into strings."
@@ -181,6 +183,7 @@ def _greedy(rec, u:int, scores:torch.Tensor, k:int, rng:np.random.Generator) -> 
 
 POLICIES = {'greedy': _greedy}   # name -> policy(rec, u, scores, k, rng, **kw) -> item codes, best first; the rest below
 
+# %% ../nbs/12_recommend.ipynb #a25c1007
 @patch
 def _scores_for(self:Recommender, u:int, exclude_seen:bool=True, include_cold:bool=True, exclude=None) -> torch.Tensor:
     "The (n_items,) scores of user code `u`, -inf at every item that must not be shown."
@@ -221,6 +224,23 @@ def _values(self:Recommender, key:torch.Tensor, bu:torch.Tensor) -> torch.Tensor
     "What a list shows for ranking keys `key` (rows of users with biases `bu`): the key itself for a ranking model, the predicted rating for a rating model."
     return key if self.model.ranks else sigmoid_range(self.model.mu + bu[:, None] + key, *self.model.y_range)
 
+# %% ../nbs/12_recommend.ipynb #a25c100a
+@patch
+def _exact_top(self:Recommender, p, q, kb, err, a, cand, k:int, ub, include_cold:bool, exclude_seen:bool) -> tuple:
+    "(values, codes) of the fp32 top `k` of users `ub` (vectors `p`) from the candidates `cand` of a bf16 pass (keys `a`, error bounds `err`)."
+    key = torch.einsum('bf,bmf->bm', p, q[cand]) + kb[cand]
+    key = key.masked_fill(~torch.isfinite(a), -torch.inf)
+    v, j = torch.topk(key, k, dim=1); top = cand.gather(1, j)
+    bound = p.abs() @ err[0] + err[1]                                # no item outside the candidates can beat the k-th, unless...
+    redo = (torch.isfinite(a[:, -1]) & (v[:, -1] <= a[:, -1].float() + 2 * bound)).nonzero()[:, 0]
+    if len(redo):                                                    # ...the bound fails: fp32 scores of every item for those rows
+        ex = p[redo] @ q.T + kb
+        if not include_cold: ex[:, ~self.model.seen_items] = -torch.inf
+        if exclude_seen: self._mask_seen(ex, ub[redo.cpu().numpy()])
+        v[redo], top[redo] = torch.topk(ex, k, dim=1)
+    return v, top
+
+# %% ../nbs/12_recommend.ipynb #a25c100c
 @patch
 @torch.no_grad()
 def top_codes(self:Recommender,
@@ -239,8 +259,7 @@ def top_codes(self:Recommender,
     q, kb = self._key_table()                                            # the item side once, not once per chunk
     qa = torch.cat([q, kb[:, None]], 1).T.contiguous().to(torch.bfloat16 if approx else torch.float32)   # [q | bias]: the bias rides in the product
     err = (2**-6 * q.abs().amax(0), 2**-7 * kb.abs().max()) if approx else None   # bounds on the bf16 error of a key, per unit of |p|
-    k, n = min(k, m.n_items), m.n_items
-    mc = min(n, k + extra) if approx else k
+    k = min(k, m.n_items); mc = min(m.n_items, k + extra) if approx else k
     for s in range(0, len(users), batch_size):
         ub = users[s:s + batch_size]; u = torch.from_numpy(ub).to(dev)
         p, bu = m.user_side(u, m.seen_users[u].float())                  # as `score_items(cold=True)` reads them
@@ -248,20 +267,10 @@ def top_codes(self:Recommender,
         if not include_cold: sc[:, ~m.seen_items] = -torch.inf
         if exclude_seen: self._mask_seen(sc, ub)
         a, cand = torch.topk(sc, mc, dim=1)
-        if approx:                                                       # exact keys of the candidates, then the k best
-            key = torch.einsum('bf,bmf->bm', p, q[cand]) + kb[cand]
-            key = key.masked_fill(~torch.isfinite(a), -torch.inf)
-            v, j = torch.topk(key, k, dim=1); top = cand.gather(1, j)
-            bound = p.abs() @ err[0] + err[1]                            # no item outside the candidates can beat the k-th, unless...
-            redo = (torch.isfinite(a[:, -1]) & (v[:, -1] <= a[:, -1].float() + 2 * bound)).nonzero()[:, 0]
-            if len(redo):                                                # ...the bound fails: fp32 scores of every item for those rows
-                ex = p[redo] @ q.T + kb
-                if not include_cold: ex[:, ~m.seen_items] = -torch.inf
-                if exclude_seen: self._mask_seen(ex, ub[redo.cpu().numpy()])
-                v[redo], top[redo] = torch.topk(ex, k, dim=1)
-        else: v, top = a.float(), cand
+        v, top = self._exact_top(p, q, kb, err, a, cand, k, ub, include_cold, exclude_seen) if approx else (a.float(), cand)
         yield ub, top.masked_fill(~torch.isfinite(v), -1).cpu().numpy(), self._values(v, bu).masked_fill(~torch.isfinite(v), -torch.inf).cpu().numpy()
 
+# %% ../nbs/12_recommend.ipynb #a25c100e
 @patch
 def _top_frame(self:Recommender, ub, top, val) -> pd.DataFrame:
     "One chunk of `top_codes` as rows user, rank, item (raw ids) and score (a rating model: predicted)."
@@ -294,13 +303,14 @@ def predict(self:Recommender,
     p = self.model.predict(u, i, cold=True)
     return float(p[0]) if scalar else p
 
+# %% ../nbs/12_recommend.ipynb #a25c1011
 @patch
 def codes_of(self:Recommender,
              texts, # ids written as text: one string, or a list
              kind:str='item', # 'item' or 'user'
             ):
     "Code(s) of the ids whose text is `texts` (an id that reads like another id cannot be found this way)."
-    if kind not in ('user', 'item'): raise ValueError(f"codes_of: kind must be 'user' or 'item', got {kind!r}")
+    if kind not in ('user', 'item'): raise ValueError(f"codes_of: kind must be 'user' or 'item', got {show_value(kind)}")
     ids = (self.users if kind == 'user' else self.items).id
     s = pd.Series(np.arange(len(ids)), index=ids.map(str).to_numpy())
     s = s[~s.index.duplicated(keep=False)]
@@ -309,8 +319,8 @@ def codes_of(self:Recommender,
     c = s.reindex(t)
     if c.isna().any():
         bad = [v for v, x in zip(t, c.isna()) if x]
-        raise KeyError(f"{len(bad):,} {kind} id(s) not among this model's {len(ids):,} {kind}s, e.g. {bad[0]!r}" if len(bad) > 1 or not scalar
-                       else f"{kind} {bad[0]!r} is not among this model's {len(ids):,} {kind}s")
+        raise KeyError(f"{len(bad):,} {kind} id(s) not among this model's {len(ids):,} {kind}s, e.g. {show_value(bad[0])}" if len(bad) > 1 or not scalar
+                       else f"{kind} {show_value(bad[0])} is not among this model's {len(ids):,} {kind}s")
     c = c.to_numpy('int64')
     return int(c[0]) if scalar else c
 
@@ -360,6 +370,7 @@ def _check_new_ids(ids:pd.Series, old:pd.Series):
     clash = ids[ids.map(str).isin(texts)]
     if len(clash): raise ValueError(f"add_items: new id {show_value(clash.iloc[0])} reads like the catalogue's id {show_value(texts[str(clash.iloc[0])])}")
 
+# %% ../nbs/12_recommend.ipynb #a25c1013
 @patch
 def add_items(self:Recommender,
                items:pd.DataFrame, # new items: an `id` column plus `text`, or the columns of the catalogue (title, genres, ...)
@@ -372,6 +383,8 @@ def add_items(self:Recommender,
     if self.model.i_text is None: raise ValueError("add_items: this model has no item text, so it cannot score new items")
     items = items.copy()
     if 'text' not in items.columns: items['text'] = item_texts(items, template if template is not None else _item_template(self.items))
+    empty = items.text.fillna('').astype(str).str.strip() == ''
+    if empty.any(): warnings.warn(f"add_items: {empty.sum():,} new item(s) have an empty text, e.g. {show_value(items.id[empty].iloc[0])}: the model can only guess them")
     vecs = self.encoder.encode(items.text.tolist()).to(self.model.i_text.vectors.device)
     m = copy.deepcopy(self.model); n = len(items)
     for name in ('i_weight', 'i_bias', 'i_rbias', 'i_rw', 'hist'):          # every table with a row per item
@@ -391,7 +404,7 @@ def _user_text_of(demographics:dict|None) -> str|None:
 @patch
 def _check_ratings_of(self:Recommender, ratings) -> list:
     "The values of `ratings` (item id -> rating) as floats, or a ValueError naming the first that is not a rating on this model's scale."
-    if not isinstance(ratings, dict) or not ratings: raise ValueError(f"recommend_for needs a dict of at least one item id -> rating, got {ratings!r}")
+    if not isinstance(ratings, dict) or not ratings: raise ValueError(f"recommend_for needs a dict of at least one item id -> rating, got {show_value(ratings)}")
     lo, hi = self.scale; out = []
     for item, r in ratings.items():
         try: x = float(r)
@@ -400,6 +413,7 @@ def _check_ratings_of(self:Recommender, ratings) -> list:
         out.append(x)
     return out
 
+# %% ../nbs/12_recommend.ipynb #a25c1016
 @patch
 def recommend_for(self:Recommender,
                    ratings:dict, # raw item id -> rating
@@ -444,6 +458,7 @@ def all_ratings(self:Recommender) -> Interactions:
     r = pd.concat([old, self.new_ratings], ignore_index=True).drop_duplicates(['user', 'item'], keep='last', ignore_index=True)
     return Interactions(r, self.items, self.users, self.scale, 'all ratings')
 
+# %% ../nbs/12_recommend.ipynb #a25c1019
 @patch
 def evaluate(self:Recommender,
              test, # `Interactions` coded like this model, or a DataFrame of raw ids and ratings
@@ -468,39 +483,39 @@ def _encoder_args(rec:Recommender) -> dict|None:
     return dict(model=None if bundled else e.name, pooling=e.pooling, max_length=e.max_length, normalize=e.normalize)
 
 @patch
-def save(self:Recommender, path:str|Path) -> Path:
-    "Save to the folder `path` as a whole: written beside it, then renamed over it, with a manifest of every file."
-    path = Path(path)
-    items, ikinds = table_bytes(self.items)
-    users, ukinds = table_bytes(self.users)
-    sd = self.model.state_dict()
-    enc = _encoder_args(self)
-    meta = dict(flm=self.model.config(), scale=list(self.scale), encoder=enc, fine_tuned=self.trained_encoder is not None)
+def _write_files(self:Recommender, tmp:Path) -> dict:
+    "Write the files of the saved model into the folder `tmp`, the manifest last; the manifest."
+    (items, ikinds), (users, ukinds) = table_bytes(self.items), table_bytes(self.users)
+    meta = dict(flm=self.model.config(), scale=list(self.scale), encoder=_encoder_args(self), fine_tuned=self.trained_encoder is not None)
     h = self._history()
+    files = {'model.safetensors': put_file(tmp/'model.safetensors', safetensors_bytes(self.model.state_dict(), flm_recommender=meta)),
+             'history.safetensors': put_file(tmp/'history.safetensors', safetensors_bytes(history_tensors(h, self.model.n_items))),
+             'new_ratings.safetensors': put_file(tmp/'new_ratings.safetensors', safetensors_bytes(new_tensors(self.new_ratings))),
+             'items.csv': put_file(tmp/'items.csv', items), 'users.csv': put_file(tmp/'users.csv', users)}
+    if self.trained_encoder is not None:
+        raw = self.trained_encoder.save(tmp/'encoder.safetensors').read_bytes()
+        files['encoder.safetensors'] = dict(bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+    manifest = dict(format=MODEL_FORMAT, version=MODEL_VERSION, n_users=self.model.n_users, n_items=self.model.n_items,
+                    n_ratings=len(h.items), n_new=len(self.new_ratings), tables=dict(items=ikinds, users=ukinds), files=files)
+    put_file(tmp/'manifest.json', (json.dumps(manifest, indent=1) + '\n').encode())
+    return manifest
+
+# %% ../nbs/12_recommend.ipynb #a25c101d
+@patch
+def save(self:Recommender, path:str|Path) -> Path:
+    "Save to the folder `path` (a link: its target) as a whole: written beside it and read back, then renamed over it; a manifest lists every file."
+    path = model_path(path)
     with folder_lock(path):
         check_target(path)
         with atomic_dir(path) as tmp:
-            files = {'model.safetensors': put_file(tmp/'model.safetensors', safetensors_bytes(sd, flm_recommender=meta)),
-                     'history.safetensors': put_file(tmp/'history.safetensors', safetensors_bytes(history_tensors(h, self.model.n_items))),
-                     'new_ratings.safetensors': put_file(tmp/'new_ratings.safetensors', safetensors_bytes(new_tensors(self.new_ratings)))}
-            files['items.csv'], files['users.csv'] = put_file(tmp/'items.csv', items), put_file(tmp/'users.csv', users)
-            if self.trained_encoder is not None:
-                raw = self.trained_encoder.save(tmp/'encoder.safetensors').read_bytes()
-                files['encoder.safetensors'] = dict(bytes=len(raw), sha256=hashlib.sha256(raw).hexdigest())
-            manifest = dict(format=MODEL_FORMAT, version=MODEL_VERSION, n_users=self.model.n_users, n_items=self.model.n_items,
-                            n_ratings=len(h.items), n_new=len(self.new_ratings),
-                            tables=dict(items=ikinds, users=ukinds), files=files)
-            put_file(tmp/'manifest.json', (json.dumps(manifest, indent=1) + '\n').encode())
+            self._write_files(tmp)
+            try: check_saved(tmp, {'items': self.items, 'users': self.users})
+            except ValueError as e: raise ValueError(f"{path}: the new copy did not read back ({e}); the old model is kept") from None
     return path
 
-# %% ../nbs/12_recommend.ipynb #cbced242
-@patch(cls_method=True)
-def load(cls:Recommender, path:str|Path) -> Recommender:
-    "Load a `Recommender` saved with `save`, after checking every file against the manifest."
-    path = Path(path)
-    m = read_manifest(path)
-    raw = verified_files(path, m)
-    fn = path/'model.safetensors'
+# %% ../nbs/12_recommend.ipynb #a25c101e
+def _model_sizes(raw:dict, m:dict, fn) -> tuple:
+    "(Recommender settings, FLM settings, the buffers sized by the data) of `model.safetensors`, every shape of its header checked against its settings."
     meta, shapes = safetensors_header(raw['model.safetensors'], fn)
     s, c = model_settings(meta, fn)
     if (c['n_users'], c['n_items']) != (m['n_users'], m['n_items']):
@@ -509,14 +524,30 @@ def load(cls:Recommender, path:str|Path) -> Recommender:
     sized = {k for k, v in want.items() if 0 in v}  # buffers sized by the training data (e.g. each user's items), not by the settings
     for k in sorted(set(want) | set(shapes)):       # before anything is allocated: the header's shapes are bounded by the file's size
         if shapes.get(k) != want.get(k) and not (k in sized and k in shapes and len(shapes[k]) == len(want[k])): raise ValueError(f"{fn}: tensor {k} has shape {shapes.get(k)}, its settings (n_users={c['n_users']:,}, n_items={c['n_items']:,}) need {want.get(k)}")
-    check_layout(raw['history.safetensors'], path/'history.safetensors', {'ptr': (c['n_users'] + 1,), 'items': (m['n_ratings'],), 'ratings': (m['n_ratings'],)},
-                  f"the {m['n_ratings']:,} training ratings of {c['n_users']:,} users")
-    check_layout(raw['new_ratings.safetensors'], path/'new_ratings.safetensors', {k: (m['n_new'],) for k in NEW_COLUMNS}, f"the {m['n_new']:,} new ratings")
+    return s, c, sized
+
+def _vocab_tables(raw:dict, path:Path, m:dict, c:dict) -> dict:
+    "{'items': table, 'users': table} from their CSV files: typed as saved, one row per code, no id twice."
     tables = {}
     for name, n in (('items', c['n_items']), ('users', c['n_users'])):
         t = tables[name] = table_from(raw[f'{name}.csv'], m['tables'][name], path/f'{name}.csv')
         if len(t) != n: raise ValueError(f"{path/name}.csv: {len(t):,} rows for {n:,} {name}")
         if t.id.duplicated().any(): raise ValueError(f"{path/name}.csv: repeats the id {show_value(t.id[t.id.duplicated()].iloc[0])}")
+    return tables
+
+# %% ../nbs/12_recommend.ipynb #cbced242
+@patch(cls_method=True)
+def load(cls:Recommender, path:str|Path) -> Recommender:
+    "Load a `Recommender` saved with `save`, after checking every file against the manifest; a save killed between its two renames is restored first."
+    path = Path(path)
+    if (old := restore_interrupted(path)) is not None: warnings.warn(f"{path}: restored the model from an interrupted save (its complete copy {old.name})")
+    m = read_manifest(path)
+    raw = verified_files(path, m)
+    s, c, sized = _model_sizes(raw, m, path/'model.safetensors')
+    check_layout(raw['history.safetensors'], path/'history.safetensors', {'ptr': (c['n_users'] + 1,), 'items': (m['n_ratings'],), 'ratings': (m['n_ratings'],)},
+                  f"the {m['n_ratings']:,} training ratings of {c['n_users']:,} users")
+    check_layout(raw['new_ratings.safetensors'], path/'new_ratings.safetensors', {k: (m['n_new'],) for k in NEW_COLUMNS}, f"the {m['n_new']:,} new ratings")
+    tables = _vocab_tables(raw, path, m, c)
     if s['fine_tuned'] and 'encoder.safetensors' not in raw: raise ValueError(f"{path}: a fine-tuned model without encoder.safetensors")
     history, new = ratings_from(raw, path, m, c, tuple(s['scale']))
     sd = load_safetensors(raw['model.safetensors'])[0]
@@ -545,8 +576,9 @@ def _add_users(self:Recommender, ids):
     m.seen_users = torch.cat([m.seen_users, torch.zeros(n, dtype=torch.bool, device=m.seen_users.device)])
     m.hist_ptr = torch.cat([m.hist_ptr, m.hist_ptr[-1:].expand(n)])
     m.n_users += n
-    self.users = pd.concat([self.users, pd.DataFrame({'id': pd.Series(list(ids), dtype=object)})], ignore_index=True)
+    self.users = pd.concat([self.users, pd.DataFrame({'id': pd.Series(list(ids))})], ignore_index=True)
 
+# %% ../nbs/12_recommend.ipynb #a25c1021
 @patch
 @torch.no_grad()
 def _set_user(self:FLM, u:int, p:torch.Tensor, b:torch.Tensor):
@@ -557,34 +589,77 @@ def _set_user(self:FLM, u:int, p:torch.Tensor, b:torch.Tensor):
     self.u_bias.weight[u] += b.to(b_now.dtype) - b_now[0]
     self.seen_users[u] = True
 
-# %% ../nbs/12_recommend.ipynb #2257ae61
-@patch
-def update(self:Recommender,
-           ratings:pd.DataFrame, # new ratings: raw ids in `user_col`, `item_col`, and `rating_col` (+ optional `time_col`)
-           user_col:str='user', item_col:str='item', rating_col:str='rating', time_col:str='timestamp',
-          ) -> Recommender:
-    "Learn from new ratings without retraining: each user they touch is re-folded from all their ratings; unknown users are created by fold-in."
-    if not isinstance(ratings, pd.DataFrame): raise TypeError(f"update: ratings must be a DataFrame, got {type(ratings).__name__}")
-    if len(ratings) == 0: return self
-    df, _ = check_ratings(ratings.reset_index(drop=True), dict(user=user_col, item=item_col, rating=rating_col,
-                                                                time=time_col if time_col in ratings.columns else None), 'update', self.scale)
-    items = self._vocab.item_code(as_ids(df[item_col]))                    # an unknown item fails here, before anything changes
-    known = set(self.users.id.tolist())
-    fresh = list(dict.fromkeys(u for u in as_ids(df[user_col]) if u not in known))
-    if fresh: self._add_users(fresh)
-    users = self._vocab.user_code(as_ids(df[user_col]))
-    t = df[time_col].to_numpy('int64') if time_col in df.columns else np.full(len(df), -1, 'int64')
-    add = pd.DataFrame({'user': users, 'item': items, 'rating': df[rating_col].to_numpy('float32'), 'timestamp': t})
-    self.new_ratings = pd.concat([self.new_ratings, add], ignore_index=True).drop_duplicates(['user', 'item'], keep='last', ignore_index=True)
-    for u in np.unique(users): self._refold(int(u))
-    return self
-
 @patch
 def _refold(self:Recommender, u:int):
     "Fold user code `u` in again from every rating they have (a re-rated item counts once, with its latest rating)."
     it, r = self.user_ratings(u)                                       # training and new, an item re-rated at its latest rating
     p, b = self.model.fold_in(it, r, cold=True)
     self.model._set_user(u, p, b)
+
+# %% ../nbs/12_recommend.ipynb #a25c1024
+def _type_name(v) -> str:
+    if isinstance(v, str): return 'text'
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)): return 'a whole number'
+    return f"a {type(v.item() if isinstance(v, np.generic) else v).__name__}"
+
+def _id_kind(ids:pd.Series) -> str:
+    "'int' when every id is a whole number, 'str' when every one is text, else 'mixed'."
+    if pd.api.types.is_integer_dtype(ids.dtype): return 'int'
+    kinds = {_type_name(v) for v in ids}
+    return {'a whole number': 'int', 'text': 'str'}.get(kinds.pop(), 'mixed') if len(kinds) == 1 else 'mixed'
+
+_KIND_NAMES = {'int': 'whole numbers', 'str': 'text'}
+
+@patch
+def _check_id_types(self:Recommender, users:pd.Series, items:pd.Series, mixed_ids:bool, name:str):
+    "Refuse ids of another type than the model's: an item always (the catalogue has none such), a user unless `mixed_ids`."
+    for kind, ids, table in (('item', items, self.items), ('user', users, self.users)):
+        have = _id_kind(table.id)
+        if have == 'mixed' or (kind == 'user' and mixed_ids) or (have == 'int' and pd.api.types.is_integer_dtype(ids.dtype)): continue
+        v = next((v for v in ids if _type_name(v) != ('a whole number' if have == 'int' else 'text')), None)
+        if v is None: continue
+        hint = "; to add it as a new user of its own type, pass mixed_ids=True (flm update: --mixed-ids)" if kind == 'user' else '; the catalogue has no such item'
+        raise ValueError(f"{name}: {kind} id {show_value(v)} is {_type_name(v)}, but this model's {kind} ids are {_KIND_NAMES[have]}{hint}")
+
+# %% ../nbs/12_recommend.ipynb #2257ae61
+@patch
+def update(self:Recommender,
+           ratings:pd.DataFrame, # new ratings: raw ids in `user_col`, `item_col`, and `rating_col` (+ optional `time_col`)
+           user_col:str='user', item_col:str='item', rating_col:str='rating',
+           time_col:str|None=None, # the time column; default: 'timestamp' if `ratings` has one (a column named here must exist)
+           mixed_ids:bool=False, # let new users have ids of another type than the model's (text ids in a model of numbers)
+           name:str='update', # names `ratings` in messages
+          ) -> Recommender:
+    "Learn from new ratings without retraining: each user they touch is re-folded from all their ratings; unknown users are created by fold-in. A pair rated twice keeps its latest rating."
+    if not isinstance(ratings, pd.DataFrame): raise TypeError(f"update: ratings must be a DataFrame, got {type(ratings).__name__}")
+    if len(ratings) == 0: return self
+    tc = time_col or ('timestamp' if 'timestamp' in ratings.columns else None)
+    df, _ = check_ratings(ratings.reset_index(drop=True), dict(user=user_col, item=item_col, rating=rating_col, time=tc), name, self.scale)
+    df, _ = drop_duplicate_pairs(df, user_col, item_col, tc, name)             # a pair rated twice: its latest rating, with training's warning
+    self._check_id_types(df[user_col], df[item_col], mixed_ids, name)
+    items = self._vocab.item_code(as_ids(df[item_col]))                    # an unknown item fails here, before anything changes
+    known = set(self.users.id.tolist())
+    fresh = list(dict.fromkeys(u for u in as_ids(df[user_col]) if u not in known))
+    if fresh: self._add_users(fresh)
+    users = self._vocab.user_code(as_ids(df[user_col]))
+    t = df[tc].to_numpy('int64') if tc else np.full(len(df), -1, 'int64')
+    add = pd.DataFrame({'user': users, 'item': items, 'rating': df[rating_col].to_numpy('float32'), 'timestamp': t})
+    self.new_ratings = pd.concat([self.new_ratings, add], ignore_index=True).drop_duplicates(['user', 'item'], keep='last', ignore_index=True)
+    for u in np.unique(users): self._refold(int(u))
+    return self
+
+# %% ../nbs/12_recommend.ipynb #a25c1029
+@patch(cls_method=True)
+@contextlib.contextmanager
+def editing(cls:Recommender,
+            path:str|Path, # the saved model to read
+            out:str|Path|None=None, # where the block saves it (default: `path`): locked from before the read to the end of the block
+            wait:bool=True, # wait for another writer of `out`; False: `FolderLocked` at once
+            on_wait=None, # called once with a message, if it has to wait
+           ):
+    "The `Recommender` saved at `path`, read under the lock of `out` and held to the end of the block: save it there inside the block, and no other writer comes between the read and the write."
+    if not Path(path).exists() and not interrupted_saves(path): raise FileNotFoundError(f"{path}: no such folder")   # before a lock makes its parent
+    with folder_lock(path if out is None else out, wait=wait, on_wait=on_wait): yield cls.load(path)
 
 # %% ../nbs/12_recommend.ipynb #2830202c
 @patch
@@ -650,6 +725,7 @@ def _linear(rec, q, b, p):
     "The linear part of the scores for a user vector `p`: <p, q_i> + c_i (ranking), or + b_i (the rating's logit, which orders as the rating does)."
     return q @ p + (b[:, -1] if rec.model.ranks else b[:, 0])
 
+# %% ../nbs/12_recommend.ipynb #a25c102d
 def linucb(rec, u, scores, k, rng, alpha:float=1.0):
     "Upper confidence bound (Li et al., 2010): the linear score plus `alpha` standard deviations of it under the user's posterior."
     q, b = _item_vectors(rec)
