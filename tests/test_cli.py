@@ -352,7 +352,7 @@ def test_a_failed_save_keeps_the_old_model(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(R, 'put_file', put)
     refused(capsys, *args[:-2], '--seed', 7, '--out', tmp_path/'m', match=r'No space left on device')
     assert {p.name: p.read_bytes() for p in (tmp_path/'m').iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['.m.lock', 'm', 'tail.csv']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['m', 'tail.csv']
 
 def test_checkpoints_resume_only_their_own_run(capsys, monkeypatch, tmp_path):
     "Issue #14.3: a checkpoint left by an interrupted run resumes that run; another run is refused unless --restart."
