@@ -164,6 +164,8 @@ class TrainableText(TextTower):
 # %% ../nbs/06_towers.ipynb #bd095065
 @patch
 def _chunks(self:TrainableText, codes):
+    "`codes` in chunks of `batch_size`, shortest texts first, so that a chunk is padded little (texts of like length together)."
+    codes = sorted(codes, key=lambda i: len(self.tokens[i]))
     for s in range(0, len(codes), self.batch_size): yield codes[s:s + self.batch_size]
 
 @patch
@@ -221,7 +223,9 @@ def _encode_chunk(self:TrainableText, codes):
 def table(self:TrainableText) -> torch.Tensor:
     "All vectors, computed without gradients and cached until the weights change."
     if self._table is None:
-        with evaluating(self.encoder), torch.no_grad(): self._table = torch.cat([self._encode(c) for c in self._chunks(list(range(len(self))))]).float()
+        chunks = list(self._chunks(range(len(self))))
+        with evaluating(self.encoder), torch.no_grad(): v = torch.cat([self._encode(c) for c in chunks]).float()
+        self._table = torch.empty_like(v); self._table[torch.tensor([i for c in chunks for i in c])] = v    # back to code order
     return self._table
 
 @patch
