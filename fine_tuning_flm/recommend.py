@@ -540,7 +540,7 @@ def _vocab_tables(raw:dict, path:Path, m:dict, c:dict) -> dict:
 def load(cls:Recommender, path:str|Path) -> Recommender:
     "Load a `Recommender` saved with `save`, after checking every file against the manifest; a save killed between its two renames is restored first."
     path = Path(path)
-    if (old := restore_interrupted(path)) is not None: warnings.warn(f"{path}: restored the model from an interrupted save (its complete copy {old.name})")
+    if (old := restore_interrupted(path, on_wait=warnings.warn)) is not None: warnings.warn(f"{path}: restored the model from an interrupted save (its complete copy {old.name})")
     m = read_manifest(path)
     raw = verified_files(path, m)
     s, c, sized = _model_sizes(raw, m, path/'model.safetensors')

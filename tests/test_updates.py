@@ -303,6 +303,21 @@ def test_a_save_killed_between_its_renames_is_restored(tmp_path, capsys):
     code, out, err = flm(capsys, 'recommend', tmp_path/'m', '--user', 'ann', '-k', 2)
     assert code == 0 and 'flm: warning: ' in err and 'restored' in err, err
 
+@flock_only
+def test_a_reader_waits_for_a_writer_caught_between_its_renames(tmp_path):
+    "No folder at the path, a copy beside it, and a writer holding the lock: `flm recommend` says it waits, then goes on."
+    small().save(tmp_path/'m'); (tmp_path/'m').rename(tmp_path/'.m.old-99')
+    h = _holder(tmp_path/'.m.lock')
+    p = subprocess.Popen([sys.executable, '-m', 'fine_tuning_flm.cli', 'recommend', str(tmp_path/'m'), '--user', 'ann', '-k', '2'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stderr.readline()
+        assert line.startswith(f'flm: warning: waiting for pid {h.pid}, which is writing '), line
+    finally: h.communicate('')
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and 'restored the model from an interrupted save' in err, err
+    assert leftovers(tmp_path) == []
+
 def test_an_unrestorable_interrupted_save_says_what_to_do(tmp_path):
     "Only an incomplete copy beside a missing model: the message names it and says what to do."
     small().save(tmp_path/'x'); (tmp_path/'x'/'manifest.json').unlink(); (tmp_path/'x').rename(tmp_path/'.m.old-123')
