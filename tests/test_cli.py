@@ -465,4 +465,4 @@ def test_torchrun_on_two_cpu_processes_ends_where_one_process_ends(tmp_path):
     assert f'parallel 2 processes (2 on this machine) share each batch of {bs} ratings' in r.stdout and r.stdout.count('saved    ') == 1, r.stdout
     two = Recommender.load(tmp_path/'two')
     for k, v in one.model.state_dict().items(): torch.testing.assert_close(two.model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['.one.lock', '.two.lock', 'one', 'tail.csv', 'two']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['one', 'tail.csv', 'two']                     # and no lock file left
