@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['SEQ_RECIPE', 'Sequences', 'load_recbole', 'target_ranks', 'next_item_metrics', 'MoEAdapter', 'ItemSide', 'MeanTower',
            'SeqTower', 'NextItem', 'next_item_loss', 'NextItemDL', 'NextItemMetric', 'KeepBest', 'SeqConfig', 'LMItems',
-           'next_item_learner', 'fit_next_item', 'evaluate_next_item', 'MostPopularNext', 'EASENext', 'ContentKNNNext',
-           'hold_out_items']
+           'next_item_learner', 'fit_next_item', 'fit_joint', 'warm_start', 'evaluate_next_item', 'MostPopularNext',
+           'EASENext', 'ContentKNNNext', 'Blend', 'hold_out_items']
 
 # %% ../nbs/10_sequential.ipynb #f6e2d29b
 from dataclasses import dataclass
@@ -481,26 +481,47 @@ def _targets(side:Interactions) -> np.ndarray:
     return t
 
 # %% ../nbs/10_sequential.ipynb #9acddc06
+def _fit(learn, n, lr, progress):
+    if progress: learn.fit(n, lr)
+    else:
+        with learn.no_bar(), learn.no_logging(): learn.fit(n, lr)
+
+def _keep_best(learn) -> KeepBest: return learn.cbs.filter(lambda c: isinstance(c, KeepBest))[0]
+
 def fit_next_item(
     learn:Learner, # from `next_item_learner`
-    epochs:int|None=None, lr:float|None=None, # stage 1 (language model frozen); None: the recipe's
-    joint:bool=True, # then a joint stage in which the language model trains (if `text` asked for one)
-    control:bool=False, # the joint stage's control: the same epochs with the language model left frozen ("the same budget")
+    epochs:int|None=None, lr:float|None=None, # stage 1 (the language model frozen); None: the recipe's
+    joint:bool=True, # then the joint stage, if `text` trains the language model
+    control:bool=False, # the joint stage's control: the same epochs with the language model left frozen (the same budget)
     progress:bool=True,
 ) -> Learner:
-    "Train a next-item learner: stage 1 with the language model frozen, early-stopped on validation NDCG; then, if the text trains, a joint stage that keeps only what beats stage 1 on validation."
+    "Train a next-item learner: stage 1 with the language model frozen, early-stopped on validation NDCG; then (`joint`) the second stage."
     r = learn.recipe
-    fit = lambda n, lr_: learn.fit(n, lr_) if progress else _quiet(learn, lambda: learn.fit(n, lr_))
     if learn.text in _LM_MODES: learn.freeze()
-    fit(r.fit.epochs if epochs is None else epochs, r.fit.lr if lr is None else lr)
-    if learn.text in _LM_MODES and joint and r.joint.joint_epochs:
-        if not control: learn.unfreeze()
-        learn.dls.train.bs = r.joint.joint_bs
-        fit(r.joint.joint_epochs, slice(r.joint.lm_lr if r.joint.lm_lr is not None else LM_LR[learn.text], r.joint.joint_lr) if not control else r.joint.joint_lr)
+    _fit(learn, r.fit.epochs if epochs is None else epochs, r.fit.lr if lr is None else lr, progress)
+    if joint: fit_joint(learn, control, progress)
     return learn
 
-def _quiet(learn, f):
-    with learn.no_bar(), learn.no_logging(): return f()
+# %% ../nbs/10_sequential.ipynb #183de15b
+def fit_joint(learn:Learner, control:bool=False, progress:bool=True) -> Learner:
+    "The joint stage: the language model trains with the rest (at `lm_lr`), for `joint_epochs`; only epochs that beat the best validation score so far are kept. `control`: the same, the language model frozen."
+    r = learn.recipe
+    if learn.text not in _LM_MODES or not r.joint.joint_epochs: return learn
+    if control: learn.freeze()
+    else: learn.unfreeze()
+    learn.dls.train.bs = r.joint.joint_bs
+    lm_lr = r.joint.lm_lr if r.joint.lm_lr is not None else LM_LR[learn.text]
+    _fit(learn, r.joint.joint_epochs, r.joint.joint_lr if control else slice(lm_lr, r.joint.joint_lr), progress)
+    return learn
+
+# %% ../nbs/10_sequential.ipynb #d5a252af
+def warm_start(learn:Learner, done:Learner) -> Learner:
+    "Start `learn` where `done` (a trained next-item learner of the same shape, any text mode) ended: its weights but the language model's, and its best validation score."
+    sd = {k: v for k, v in done.model.state_dict().items() if not k.startswith('items.text.')}
+    missing, unexpected = learn.model.load_state_dict(sd, strict=False)
+    if unexpected or any(not k.startswith('items.text.') for k in missing): raise ValueError(f"warm_start: the models differ: {(unexpected or missing)[:3]}")
+    _keep_best(learn).best = _keep_best(done).best
+    return learn
 
 # %% ../nbs/10_sequential.ipynb #ed3511ce
 @patch
@@ -530,12 +551,15 @@ def evaluate_next_item(model, # anything with `score_histories(seqs, users)`
     return next_item_metrics(np.concatenate(ranks) if ranks else np.zeros(0, np.int64), ks) | dict(users=len(users))
 
 # %% ../nbs/10_sequential.ipynb #b5b1fafd
-def _history_matrix(seqs:Sequences, users, n_items:int) -> torch.Tensor:
-    "(len(users), n_items) 0/1: the items in each user's history."
+def _history_matrix(seqs:Sequences, users, n_items:int, decay:float=1.0) -> torch.Tensor:
+    "(len(users), n_items): each history item's weight, `decay` ** (steps before the last item), summed over repeats (decay 1: 0/1 presence, repeats counted once)."
     users = np.asarray(users, np.int64); lens = seqs.lens(users)
     x = torch.zeros(len(users), n_items)
-    if lens.sum(): x[torch.from_numpy(np.repeat(np.arange(len(users)), lens)), torch.from_numpy(np.concatenate([seqs[u] for u in users]))] = 1
-    return x
+    if not lens.sum(): return x
+    row = torch.from_numpy(np.repeat(np.arange(len(users)), lens)); col = torch.from_numpy(np.concatenate([seqs[u] for u in users]))
+    if decay == 1.0: x[row, col] = 1; return x
+    back = torch.from_numpy(np.concatenate([np.arange(n - 1, -1, -1) for n in lens]))
+    return x.index_put_((row, col), torch.tensor(decay, dtype=torch.float32) ** back.float(), accumulate=True)
 
 class MostPopularNext:
     "Everyone gets the items bought most often in training, whatever their history."
@@ -544,13 +568,13 @@ class MostPopularNext:
     def score_histories(self, seqs, users): return self.counts.expand(len(users), -1)
 
 class EASENext:
-    "EASE (Steck, 2019) over the users' training items: item-item weights in closed form, B = I - P diag(1/diag P), P = (XᵀX + λI)⁻¹, diagonal 0; a history scores X_h B."
-    def __init__(self, lam:float=200.0): self.lam = float(lam)
+    "EASE (Steck, 2019) over the users' training items: B = I - P diag(1/diag P), P = (XᵀX + λI)⁻¹, diagonal 0; a history scores x_h B, its items weighted by recency (`decay` per step back; 1: all alike)."
+    def __init__(self, lam:float=200.0, decay:float=1.0): self.lam, self.decay = float(lam), float(decay)
     def fit(self, train:Interactions):
         X = _history_matrix(train.sequences, np.arange(train.n_users), train.n_items).double()
         P = torch.linalg.inv(X.T @ X + self.lam * torch.eye(train.n_items, dtype=torch.float64))
         self.B = (-P / P.diagonal()[None]).fill_diagonal_(0).float(); return self
-    def score_histories(self, seqs, users): return _history_matrix(seqs, users, len(self.B)) @ self.B
+    def score_histories(self, seqs, users): return _history_matrix(seqs, users, len(self.B), self.decay) @ self.B
 
 # %% ../nbs/10_sequential.ipynb #8112db7f
 class ContentKNNNext:
@@ -560,6 +584,27 @@ class ContentKNNNext:
     def score_histories(self, seqs, users):
         x = _history_matrix(seqs, users, len(self.v))
         return F.normalize(x @ self.v, dim=1) @ self.v.T
+
+# %% ../nbs/10_sequential.ipynb #d320446c
+def _z(s:torch.Tensor) -> torch.Tensor:
+    "Each row standardised: scores of different models on one scale."
+    return (s - s.mean(1, keepdim=True)) / s.std(1, keepdim=True).clamp(min=1e-6)
+
+class Blend:
+    "A weighted sum of the standardised scores of several next-item scorers (e.g. the order-aware text model and EASE); weights chosen on validation (`fit_weights`)."
+    def __init__(self, models:dict, weights:dict|None=None): self.models, self.weights = models, weights or {k: 1.0 for k in models}
+    def score_histories(self, seqs, users):
+        return sum(w * _z(torch.as_tensor(self.models[k].score_histories(seqs, users)).float()) for k, w in self.weights.items() if w)
+    def fit_weights(self, valid:Interactions, grid=(0, 0.25, 0.5, 1.0, 2.0), metric:str='N@10') -> 'Blend':
+        "Every combination of `grid` weights (the first model's fixed at 1), keeping the best `metric` on `valid`."
+        import itertools
+        names, best = list(self.models), (-1, None)
+        for ws in itertools.product(grid, repeat=len(names) - 1):
+            self.weights = dict(zip(names, (1.0, *ws)))
+            v = evaluate_next_item(self, valid)[metric]
+            if v > best[0]: best = (v, dict(self.weights))
+        self.weights, self.valid_score = best[1], best[0]
+        return self
 
 # %% ../nbs/10_sequential.ipynb #10f24507
 @patch
