@@ -3,6 +3,7 @@
 # wrote it (December 2026), so every line below the preparation is untested on CUDA; the CPU parts ran here.
 #
 # What it runs, in <= 5 minutes, writing $OUT/gpu_check.json (and printing each number):
+#   0. (#24) the ranking recipe's fit on ml-100k (Recommenders' split), bf16 autocast: fit seconds and NDCG@10.
 #   1. the code of the notebooks' `#| gpu` cells (grep -l '#| gpu' nbs/*.ipynb): 04_embeddings' encoding throughput in
 #      fp32/fp16/bf16 against CPU fp32 vectors (min cosine), and 08_learner's `flm_learner(..., device='cuda')`, which must
 #      turn on mixed precision, timed over 5 epochs. They run on ml-latest-small / ml-100k where $FLM_DATA has them, else
@@ -68,7 +69,7 @@ from fine_tuning_flm.core import atomic_write, set_seed
 from fine_tuning_flm.data import Interactions, load_movielens
 from fine_tuning_flm.datasets import synthetic_ratings
 from fine_tuning_flm.embeddings import TextEncoder
-from fine_tuning_flm.learner import flm_learner, recipe_for
+from fine_tuning_flm.learner import FLMMixedPrecision, flm_learner, ranking_metric, recipe_for, train_flm
 from fine_tuning_flm.recommend import Recommender
 from benchmarks.provenance import host, versions        # the run's versions and host; the device copy has no git history
 from benchmarks.scale_stage import RANK_SETTINGS        # the ranking epoch of python -m benchmarks.scale
@@ -116,11 +117,24 @@ def cell05():
     trn, tst = d.split('official', fold='u1') if d.name == 'ml-100k' else d.split('random', valid_pct=0.2, seed=0)
     iv = TextEncoder(MODEL, device=DEV, precision='bf16').encode(trn.items.text.tolist())
     gl = flm_learner(trn, tst, device=DEV, item_vectors=iv.float().cpu(), user_vectors=None)
-    amp = any(type(cb).__name__ == 'MixedPrecision' for cb in gl.cbs)
+    amp = any(isinstance(cb, FLMMixedPrecision) for cb in gl.cbs)
     t = time.perf_counter()
     with gl.no_bar(): gl.fit_one_cycle(5, 1e-2)
     return dict(data=d.name, mixed_precision=amp, five_epochs_seconds=time.perf_counter() - t, valid=[float(x) for x in gl.recorder.values[-1]])
 step('gpu cell of 08_learner: flm_learner on CUDA', cell05)
+
+def rank100k():
+    "The ranking recipe (full-catalogue softmax, pooled history, bf16 autocast) on Recommenders' split of ml-100k, as benchmarks.ranking fits it."
+    d = load_movielens('ml-100k') if (data/'ml-100k').exists() else syn(100_000, 1_682)
+    trn, tst = d.split('recommenders', ratio=0.75, by='item', seed=42)
+    iv = TextEncoder(MODEL, device=DEV, precision='bf16').encode(trn.items.text.tolist()).float().cpu()
+    set_seed(42); sync(); t = time.perf_counter()
+    learn = train_flm(trn, None, objective='rank', device=DEV, item_vectors=iv, user_vectors=None, progress=False, seed=42)
+    sync(); s = time.perf_counter() - t
+    users = np.unique(tst.ratings.user.to_numpy())
+    return dict(data=d.name, fit_seconds=s, amp=any(isinstance(cb, FLMMixedPrecision) for cb in learn.cbs),
+                ndcg10=ranking_metric(learn.model, users, trn.user_items(), tst.user_items()))
+step('ranking recipe on CUDA: ml-100k, Recommenders split', rank100k)
 
 t = time.perf_counter(); big = syn(N, N_ITEMS); gen = time.perf_counter() - t
 print(f'{big} generated in {gen:.0f}s', flush=True)
@@ -136,7 +150,7 @@ def epoch(objective, **kw):
     sync(); t = time.perf_counter()
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, r['lr'])
     sync(); s = time.perf_counter() - t
-    return learn, dict(epoch_seconds=s, ratings_per_s=len(big) / s, amp=any(type(cb).__name__ == 'MixedPrecision' for cb in learn.cbs),
+    return learn, dict(epoch_seconds=s, ratings_per_s=len(big) / s, amp=any(isinstance(cb, FLMMixedPrecision) for cb in learn.cbs),
                        peak_gpu_gb=torch.cuda.max_memory_allocated() / 2**30 if DEV == 'cuda' else None)
 keep = {}
 def rate():

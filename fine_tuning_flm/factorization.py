@@ -143,18 +143,21 @@ def ranks(self:FLM) -> bool:
 
 # %% ../nbs/07_factorization.ipynb #27961a22
 def _side(emb, biases, tower, proj, codes, keep=None):
-    "Effective factors (..., f) and biases (..., len(biases)) for `codes` of any shape: ID part (times `keep`) plus projected text."
-    f, b = emb(codes), torch.cat([e(codes) for e in biases], -1)
+    "Effective factors (..., f) and biases (..., len(biases)) for `codes` of any shape, or for every code in order (`codes` None: the tables themselves, no gather): ID part (times `keep`) plus projected text."
+    if codes is None: f, b = emb.weight, torch.cat([e.weight for e in biases], -1)
+    else: f, b = emb(codes), torch.cat([e(codes) for e in biases], -1)
     if keep is not None: f, b = f * keep[..., None], b * keep[..., None]
     if tower is not None:
-        uniq, inv = codes.unique(return_inverse=True)       # the tower runs once per distinct code
-        t = proj(tower(uniq).to(f.dtype))[inv]
+        if codes is None: t = proj(tower(torch.arange(len(f), device=f.device)).to(f.dtype))
+        else:
+            uniq, inv = codes.unique(return_inverse=True)       # the tower runs once per distinct code
+            t = proj(tower(uniq).to(f.dtype)).index_select(0, inv.reshape(-1)).reshape(*inv.shape, -1)
         f, b = f + t[..., :f.shape[-1]], b + t[..., f.shape[-1]:]
     return f, b
 
 @patch
 def item_parts(self:FLM, items, keep=None) -> tuple:
-    "q_i (..., f) and the item's biases (..., 1 or 2): the rating bias b_i, then (ranking models) the ranking bias c_i."
+    "q_i (..., f) and the item's biases (..., 1 or 2): the rating bias b_i, then (ranking models) the ranking bias c_i; `items` None: every item."
     return _side(self.i_weight, [e for e in (self.i_bias, self.i_rbias) if e is not None], self.i_text, self.i_proj, items, keep)
 
 @patch
@@ -194,7 +197,7 @@ def _penalty(self:FLM, p, q, bu, bi):
 # %% ../nbs/07_factorization.ipynb #b8031212
 @patch
 def forward(self:FLM, x:torch.Tensor, cold:bool=False):
-    "A rating model returns `rate(x)`; a ranking model (ratings or None, logits, candidates), positives in column 0 (`_rank_forward`, below)."
+    "A rating model returns `rate(x)`; a ranking model (ratings or None, logits, the columns' item codes, the positives' columns) (`_rank_forward`, below)."
     return self._rank_forward(x, cold) if self.ranks else self.rate(x, cold)
 
 @patch
@@ -272,7 +275,7 @@ def predict(self:FLM,
 @torch.no_grad()
 def _item_table(self:FLM, cold:bool=False):
     "Effective q and biases (rating, then ranking) of every item; with `cold`, unseen items are text-only."
-    with evaluating(self): return self.item_parts(torch.arange(self.n_items, device=self.mu.device), self.seen_items.float() if cold else None)
+    with evaluating(self): return self.item_parts(None, self.seen_items.float() if cold else None)
 
 @patch
 @torch.no_grad()
@@ -418,29 +421,38 @@ def posterior(self:FLM,
     return p, b, ((cov + cov.T) / 2).float()
 
 # %% ../nbs/07_factorization.ipynb #93d027b2
-def _negatives(logits, cand):
-    "Each row's negative logits, and a mask of the ones that count: a candidate equal to the row's positive is no negative."
-    neg = logits[:, 1:]
-    ok = torch.ones_like(neg, dtype=torch.bool) if cand is None else cand[:, 1:] != cand[:, :1]
-    return neg, ok
+def _target(logits, target): return torch.zeros(len(logits), dtype=torch.long, device=logits.device) if target is None else target
 
-def bpr_loss(logits:torch.Tensor, # (B, 1+m) ranking logits, each row's positive in column 0
-             cand:torch.Tensor|None=None, # (B, 1+m) item codes of the columns, to drop negatives equal to the positive
+def _negatives(logits, cand=None, target=None):
+    "Each row's positive column (`target`, default 0) and the mask of its negatives: every other column, less the candidates equal to the positive."
+    t = _target(logits, target)
+    if cand is None: ok = torch.ones_like(logits, dtype=torch.bool)
+    elif cand.ndim == 2: ok = cand != cand.gather(1, t[:, None])                # a row's own candidates
+    else: ok = cand[None] != cand[t][:, None]                                   # one set of columns for every row
+    ok[torch.arange(len(t), device=t.device), t] = False
+    return t, ok
+
+def bpr_loss(logits:torch.Tensor, # (B, C) ranking logits
+             cand:torch.Tensor|None=None, # item codes of the columns, (B, C) or (C,), to drop negatives equal to the positive; None: all distinct
+             target:torch.Tensor|None=None, # (B,) each row's positive column; None: column 0
             ) -> torch.Tensor:
     "Bayesian personalised ranking: -log σ(s⁺ - s⁻), averaged over each row's negatives, then over rows."
-    neg, ok = _negatives(logits, cand)
-    l = -F.logsigmoid(logits[:, :1] - neg)
+    t, ok = _negatives(logits, cand, target)
+    l = -F.logsigmoid(logits.gather(1, t[:, None]) - logits)
     return ((l * ok).sum(1) / ok.sum(1).clamp(min=1)).mean()
 
-def bce_loss(logits:torch.Tensor, cand:torch.Tensor|None=None) -> torch.Tensor:
+# %% ../nbs/07_factorization.ipynb #1b204d23
+def bce_loss(logits:torch.Tensor, cand:torch.Tensor|None=None, target:torch.Tensor|None=None) -> torch.Tensor:
     "Pointwise: binary cross-entropy with the positive labelled 1 and the negatives 0 (their mean per row)."
-    neg, ok = _negatives(logits, cand)
-    return (F.softplus(-logits[:, 0]) + (F.softplus(neg) * ok).sum(1) / ok.sum(1).clamp(min=1)).mean()
+    t, ok = _negatives(logits, cand, target)
+    return (F.softplus(-logits.gather(1, t[:, None])[:, 0]) + (F.softplus(logits) * ok).sum(1) / ok.sum(1).clamp(min=1)).mean()
 
-def softmax_loss(logits:torch.Tensor, cand:torch.Tensor|None=None) -> torch.Tensor:
-    "Cross-entropy of the positive against its negatives: -log softmax(logits)[0] per row."
-    neg, ok = _negatives(logits, cand)
-    return (torch.logsumexp(torch.cat([logits[:, :1], neg.masked_fill(~ok, -torch.inf)], 1), 1) - logits[:, 0]).mean()
+def softmax_loss(logits:torch.Tensor, cand:torch.Tensor|None=None, target:torch.Tensor|None=None) -> torch.Tensor:
+    "Cross-entropy of the positive against its negatives: -log softmax(logits)[target] per row."
+    if cand is None: return F.cross_entropy(logits, _target(logits, target))   # distinct columns (e.g. the catalogue): nothing to mask
+    t, ok = _negatives(logits, cand, target)
+    ok[torch.arange(len(t), device=t.device), t] = True                        # the positive itself stays in the softmax
+    return F.cross_entropy(logits.masked_fill(~ok, -torch.inf), t)
 
 RANK_LOSSES = {'bpr': bpr_loss, 'bce': bce_loss, 'softmax': softmax_loss}
 
@@ -464,27 +476,23 @@ def _rate_penalty(self:FLM, u, i):
 # %% ../nbs/07_factorization.ipynb #1bc53728
 @patch
 def _rank_forward(self:FLM, x:torch.Tensor, cold:bool=False):
-    "A ranking model's forward: (ratings or None, logits, candidates); candidates are sampled columns of `x`, the batch's items, or the catalogue."
+    "A ranking model's forward: (ratings or None, logits, cand, target); the columns are the sampled candidates of `x` (per row), the batch's items, or the catalogue (cand None)."
     u, i = x[:, 0], x[:, 1]
-    if x.shape[1] > 2: cand = x[:, 1:]                                               # sampled by the data loader
-    elif self.negatives == 'in-batch': cand = torch.cat([i[:, None], i[None].expand(len(i), -1)], 1)
-    elif self.negatives == 'full': cand = torch.cat([i[:, None], torch.arange(self.n_items, device=x.device)[None].expand(len(i), -1)], 1)
-    else: raise ValueError("FLM: negatives='sampled' needs x with negative item columns (InteractionsDL(neg=...))")
+    if x.shape[1] == 2 and self.negatives == 'sampled': raise ValueError("FLM: negatives='sampled' needs x with negative item columns (InteractionsDL(neg=...))")
     p, bu = self.user_side(u, self._masks(u, i, cold)[0], exclude=i if self.training else None)
-    if x.shape[1] > 2:                                                               # (B, 1+m) distinct candidates per row
+    if x.shape[1] > 2:                                                  # (B, 1+m) candidates per row, sampled by the loader: the positive in column 0
+        cand, target = x[:, 1:], None
         q, b = self.item_parts(cand, self._masks(u, cand, cold)[1])
-        logits = (p[:, None] * q).sum(-1) + b[..., -1]
-        qi, bi = q[:, 0], b[:, 0, 0]
-    else:
-        if self.negatives == 'in-batch':                                             # the batch's items are every row's candidates
-            qi, b_pos = self.item_parts(i, self._masks(u, i, cold)[1]); q, b = qi, b_pos
-        else:                                                                        # the whole catalogue, one mask per item
-            q, b = self.item_parts(cand[0, 1:], self._masks(u, cand[0, 1:], cold)[1]); qi, b_pos = q[i], b[i]
-        bi = b_pos[:, 0]
-        logits = torch.cat([(p * qi).sum(-1, keepdim=True) + b_pos[:, -1:], p @ q.T + b[:, -1]], 1)
-    if self.training: self.penalty = self._penalty(p, qi, bu, bi) + self._rate_penalty(u, i)
-    ratings = self._rating(p, qi, bu, bi, u, i) if self.rates else None
-    return ratings, logits / self.temperature, cand
+        logits, qi, b_pos = (p[:, None] * q).sum(-1) + b[..., -1], q[:, 0], b[:, 0]
+    else:                                                               # the same columns for every row: the batch's items, or the whole catalogue
+        cand = i if self.negatives == 'in-batch' else None
+        q, b = self.item_parts(cand, self._masks(u, i if cand is not None else torch.arange(self.n_items, device=x.device), cold)[1])
+        qi, b_pos = (q, b) if cand is not None else (q[i], b[i])
+        target = torch.arange(len(i), device=x.device) if cand is not None else i
+        logits = torch.addmm(b[:, -1], p, q.T)                          # one matrix product, no candidate matrix
+    if self.training: self.penalty = self._penalty(p, qi, bu, b_pos[:, 0]) + self._rate_penalty(u, i)
+    ratings = self._rating(p, qi, bu, b_pos[:, 0], u, i) if self.rates else None
+    return ratings, (logits if self.temperature == 1 else logits / self.temperature), cand, target
 
 # %% ../nbs/07_factorization.ipynb #1da65ab0
 class FLMLoss:
@@ -498,15 +506,16 @@ class FLMLoss:
 
     def __call__(self, pred, y):
         if not isinstance(pred, tuple): return F.mse_loss(pred.float(), y.float())
-        ratings, logits, cand = pred
+        ratings, logits, cand, target = pred
         logits = logits.float()
         if self.log_q is not None and self.rank_loss == 'softmax':
             self.log_q = self.log_q.to(logits.device)
-            logits = logits - self.log_q[cand]
+            logits = logits - (self.log_q if cand is None else self.log_q[cand])   # cand None: the columns are the catalogue
         if self.positive_rating is not None:                     # only the rows whose rating makes them a positive
             keep = y >= self.positive_rating
-            logits, cand = logits[keep], cand[keep]
-        rank = RANK_LOSSES[self.rank_loss](logits, cand) if len(logits) else logits.sum() * 0
+            logits, target = logits[keep], None if target is None else target[keep]
+            if cand is not None and cand.ndim == 2: cand = cand[keep]
+        rank = RANK_LOSSES[self.rank_loss](logits, cand, target) if len(logits) else logits.sum() * 0
         if ratings is None: return rank
         return F.mse_loss(ratings.float(), y.float()) + self.rank_weight * rank
 
@@ -527,16 +536,46 @@ def _csr_rows(ptr, rows):
     pos = torch.repeat_interleave(ptr[rows] - offsets, lens) + torch.arange(int(lens.sum()), device=ptr.device)
     return pos, lens, offsets
 
+class _PoolRows(torch.autograd.Function):
+    "Sums of rows of `w` over bags of indices; the backward sums the gradient's rows over the transposed bags: one `embedding_bag` each way, not `EmbeddingBag`'s slow dense backward."
+    @staticmethod
+    def forward(ctx, w, idx, offsets, t_idx, t_offsets):
+        ctx.save_for_backward(t_idx, t_offsets)
+        return F.embedding_bag(idx, w, offsets, mode='sum')
+    @staticmethod
+    def backward(ctx, g):
+        t_idx, t_offsets = ctx.saved_tensors
+        return F.embedding_bag(t_idx, g, t_offsets, mode='sum'), None, None, None, None
+
+def _transposed(idx, lens, n):
+    "The transposed bags of a bagged index list: for each of `n` columns, the bags holding it (bag numbers) and where its list starts."
+    bags = torch.repeat_interleave(torch.arange(len(lens), device=idx.device), lens)
+    counts = torch.bincount(idx, minlength=n)
+    return bags[idx.argsort(stable=True)], torch.cumsum(counts, 0) - counts
+
+# %% ../nbs/07_factorization.ipynb #27db60b2
 @patch
 def pooled_history(self:FLM, users, exclude=None) -> torch.Tensor:
     "Each user's training items' history embeddings, summed and divided by n ** history_alpha; `exclude` (one item per user) is left out."
-    pos, lens, offsets = _csr_rows(self.hist_ptr, users)
-    s = self.hist(self.hist_items[pos], offsets)
-    n = lens.to(s.dtype)
+    w, ptr = self.hist.weight, self.hist_ptr
+    if 2 * len(users) >= self.n_users:                                 # a batch of most users: pool every user, bags transposed once (`_all_bags`)
+        s, n = _PoolRows.apply(w, self.hist_items, ptr[:-1], *self._all_bags()).index_select(0, users), (ptr[users + 1] - ptr[users]).to(w.dtype)
+    else:                                                              # each distinct user of the batch, pooled once
+        uu, inv = users.unique(return_inverse=True)
+        pos, lens, offsets = _csr_rows(ptr, uu)
+        idx = self.hist_items[pos]
+        s, n = _PoolRows.apply(w, idx, offsets, *_transposed(idx, lens, self.n_items)).index_select(0, inv), lens.index_select(0, inv).to(w.dtype)
     if exclude is not None:    # leave-one-out: a training pair must not see its own item in the user's vector
-        inside = self.in_history(users, exclude).to(s.dtype)
-        s, n = s - self.hist.weight[exclude] * inside[:, None], n - inside
+        inside = self.in_history(users, exclude).to(w.dtype)
+        s, n = s - F.embedding(exclude, w) * inside[:, None], n - inside
     return s / n.clamp(min=1).pow(self.history_alpha)[:, None]
+
+@patch
+def _all_bags(self:FLM):
+    "Every user's history bags transposed (for each item, the users who have it), built once per history."
+    h = self.hist_items; key = (h.device, h.data_ptr(), h._version, len(h))      # rebuilt when the history is replaced or loaded
+    if getattr(self, '_bags', (None,))[0] != key: self._bags = (key, _transposed(h, self.hist_ptr.diff(), self.n_items))
+    return self._bags[1]
 
 # %% ../nbs/07_factorization.ipynb #cbd8c13f
 @patch

@@ -4,34 +4,35 @@
 
 # %% auto #0
 __all__ = ['FLM_RECIPE', 'RANK_RECIPE', 'OBJECTIVES', 'LM_LR', 'pair_keys', 'sample_negatives', 'popularity_weights', 'log_q',
-           'InteractionsDL', 'EpochSync', 'TrimMemory', 'RatingMetric', 'RankingMetric', 'ranking_metric',
-           'flm_metrics', 'save_checkpoint', 'load_checkpoint', 'FLMEarlyStopping', 'FLMCheckpoint', 'BatchConfig',
-           'FitConfig', 'JointConfig', 'Recipe', 'recipe_for', 'text_vectors', 'flm_learner', 'resume', 'train_flm',
-           'CapItems', 'FLMDistributedTrainer', 'distributed']
+           'InteractionsDL', 'EpochSync', 'TrimMemory', 'lazy_adam_step', 'FLMOptimizer', 'lazy_adam', 'sparse_grads',
+           'FLMMixedPrecision', 'flm_mixed_precision', 'RatingMetric', 'RankingMetric', 'ranking_metric', 'flm_metrics',
+           'save_checkpoint', 'load_checkpoint', 'FLMEarlyStopping', 'FLMCheckpoint', 'BatchConfig', 'FitConfig',
+           'JointConfig', 'Recipe', 'recipe_for', 'text_vectors', 'flm_learner', 'resume', 'train_flm', 'CapItems',
+           'FLMDistributedTrainer', 'distributed']
 
 # %% ../nbs/08_learner.ipynb #8146d38a
 import ctypes
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-
 import numpy as np
 import torch
+from torch.optim.adam import adam as _torch_adam
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.learner import Learner, Metric
+from fastai.optimizer import Optimizer
 from fastai.metrics import AccumMetric, mae as _mae
 from fastai.callback.core import Callback
 from fastai.callback.training import GradientAccumulation
 from fastai.callback.tracker import TrackerCallback, EarlyStoppingCallback
 from fastai.callback.schedule import *
 from fastai.callback.progress import *
-from fastai.torch_core import rank_distrib, num_distrib
+from fastai.torch_core import rank_distrib, num_distrib, apply
 from fastai.distributed import DistributedTrainer
 from fastcore.basics import patch
 from fastcore.foundation import L
 from fastcore.meta import delegates
-
 from . import core
 from .core import *
 from .metrics import *
@@ -59,14 +60,15 @@ def sample_negatives(
     def draw(n):
         if weights is None: return torch.randint(0, n_items, (n,), device=dev, generator=generator)
         return torch.multinomial(weights, n, replacement=True, generator=generator)
-    neg = draw(len(users) * m).view(len(users), m)
-    if reject is None or not len(reject): return neg
+    neg = draw(len(users) * m)
+    if reject is None or not len(reject): return neg.view(len(users), m)
+    u, pos = users.repeat_interleave(m), torch.arange(len(neg), device=dev)      # the draws to check: all, then only the redrawn ones
     for _ in range(tries):
-        key = pair_keys(users[:, None], neg, n_items)
+        key = pair_keys(u[pos], neg[pos], n_items)
         hit = reject[torch.searchsorted(reject, key).clamp(max=len(reject) - 1)] == key
         if not hit.any(): break
-        neg[hit] = draw(int(hit.sum()))
-    return neg
+        pos = pos[hit]; neg[pos] = draw(len(pos))
+    return neg.view(len(users), m)
 
 # %% ../nbs/08_learner.ipynb #p0pw3ght
 def popularity_weights(train:Interactions, alpha:float=0.0) -> torch.Tensor|None:
@@ -185,6 +187,69 @@ class TrimMemory(Callback):
     def __init__(self, every:int=50): self.every, self._trim = every, _malloc_trim()
     def after_batch(self):
         if self._trim is not None and self.training and self.iter % self.every == 0: self._trim(0)
+
+# %% ../nbs/08_learner.ipynb #f1f368e8
+def _adam(p, g, grad_avg, sqr_avg, step:int, lr, mom, sqr_mom, eps, wd):
+    "fastai's Adam update (decoupled weight decay, debiased moments) of `p` in one fused kernel: PyTorch's functional `adam`, the same formula."
+    steps = [torch.full((), float(step - 1), device=p.device)]          # `adam` counts this step itself
+    _torch_adam([p], [g], [grad_avg], [sqr_avg], [], steps, fused=True, decoupled_weight_decay=True, amsgrad=False, maximize=False,
+                beta1=mom, beta2=sqr_mom, lr=lr, weight_decay=wd, eps=eps)
+
+def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd=0., do_wd=True, grad_avg=None, sqr_avg=None, step=0, **kwargs):
+    "A fastai optimizer step: `Adam`'s, fused; a sparse gradient (an embedding's) moves only the rows it touches, and their moments (lazy Adam)."
+    if grad_avg is None: grad_avg, sqr_avg = torch.zeros_like(p.data), torch.zeros_like(p.data)
+    step, wd, g = step + 1, (wd if do_wd else 0.), p.grad
+    if not g.is_sparse: _adam(p.data, g, grad_avg, sqr_avg, step, lr, mom, sqr_mom, eps, wd)
+    else:
+        g = g.coalesce(); rows = g.indices()[0]
+        parts = [t.index_select(0, rows) for t in (p.data, grad_avg, sqr_avg)]
+        _adam(parts[0], g.values(), parts[1], parts[2], step, lr, mom, sqr_mom, eps, wd)
+        for t, v in zip((p.data, grad_avg, sqr_avg), parts): t.index_copy_(0, rows, v)
+    return dict(grad_avg=grad_avg, sqr_avg=sqr_avg, step=step)
+
+# %% ../nbs/08_learner.ipynb #2c992300
+class FLMOptimizer(Optimizer):
+    "fastai's `Optimizer`, whose `zero_grad` drops the gradients instead of zeroing them: a sparse one would be kept, emptied and grown again, a dense one written twice."
+    def zero_grad(self):
+        for p, *_ in self.all_params(with_grad=True): p.grad = None
+
+def lazy_adam(params, lr=1e-3, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01) -> FLMOptimizer:
+    "fastai's `Adam` (its defaults, decoupled weight decay) stepping with `lazy_adam_step`: the optimizer of `flm_learner`."
+    return FLMOptimizer(params, [lazy_adam_step], lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+
+def sparse_grads(model:FLM, on:bool=True) -> FLM:
+    "Have the model's ID tables (users', items', their biases, the ratings' own factors) give sparse gradients: the rows of the batch only."
+    for e in (model.u_weight, model.i_weight, model.u_bias, model.i_bias, model.i_rbias, model.u_rw, model.i_rw):
+        if e is not None: e.sparse = on
+    return model
+
+# %% ../nbs/08_learner.ipynb #9b97ec5f
+from fastai.callback.fp16 import MixedPrecision, AMPMode
+
+def _cpu_bf16() -> bool:
+    "Does this CPU multiply bf16 natively (AVX512-BF16 or AMX)? Read from /proc/cpuinfo: False where there is none."
+    try: flags = Path('/proc/cpuinfo').read_text()
+    except OSError: return False
+    return ' avx512_bf16' in flags or ' amx_bf16' in flags
+
+class FLMMixedPrecision(MixedPrecision):
+    "fastai's `MixedPrecision`, autocasting on the model's device (fastai's autocasts on CUDA only) and passing over the `None` an FLM's output may hold."
+    def __init__(self, device_type:str='cuda', **kwargs): super().__init__(**kwargs); self.device_type = device_type
+    def before_fit(self):
+        dtype = torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16
+        self.kwargs['enabled'] = dtype == torch.float16           # bf16 has fp32's range: no loss scaling
+        self.autocast, self.learn.scaler, self.scales = torch.autocast(self.device_type, dtype=dtype), torch.amp.GradScaler(self.device_type, **self.kwargs), L()
+    def after_pred(self): self.learn.pred = apply(lambda x: x.float() if isinstance(x, torch.Tensor) and torch.is_floating_point(x) else x, self.pred)
+
+def flm_mixed_precision(learn:Learner, device, enabled:bool|None=None,
+                        cpu:bool=True, # False: never on the CPU (`flm_learner` when a language model trains: bf16 was not measured there)
+                       ) -> Learner:
+    "`learn` with `FLMMixedPrecision` where it runs natively: None: on CUDA (bf16, or fp16 on a GPU without it); True: CUDA, and bf16 on a CPU with native bf16; False: off."
+    device = torch.device(device)
+    on = device.type == 'cuda' if enabled is None else bool(enabled) and (device.type == 'cuda' or (cpu and device.type == 'cpu' and _cpu_bf16()))
+    if not on: return learn
+    bf16 = device.type != 'cuda' or torch.cuda.is_bf16_supported()
+    return learn.add_cb(FLMMixedPrecision(device.type, amp_mode=AMPMode.BF16 if bf16 else AMPMode.FP16))
 
 # %% ../nbs/08_learner.ipynb #13957e13
 def _rmse(inp, targ): return torch.sqrt(torch.nn.functional.mse_loss(inp.float(), targ.float()))
@@ -357,7 +422,7 @@ class FitConfig:
     k:int=10 # ranking models: the validation metric is NDCG@k over the whole catalogue
     early_stop:int|None=None # patience in epochs on `monitor` (then the best weights are loaded at the end)
     monitor:str|None=None # default: 'ndcg@k' for ranking models, else 'rmse'
-    mixed_precision:bool|None=None # bf16/fp16 autocast; default: on for CUDA
+    mixed_precision:bool|None=None # bf16/fp16 autocast; None: on CUDA; True: also bf16 on a CPU with native bf16 (`flm_mixed_precision`)
     def __post_init__(self):
         _check_int(self.epochs, 'epochs'); _check_int(self.k, 'k', 1); _check_int(self.early_stop, 'early_stop', 1, none=True)
         if not self.lr > 0: raise ValueError(f"lr must be > 0, got {self.lr!r}")
@@ -415,7 +480,7 @@ class Recipe:
 FLM_RECIPE = Recipe(FLMConfig(n_factors=32, reg=0.1, reg_bias=0.01, id_dropout=0.1), BatchConfig(bs=4096),
                     FitConfig(epochs=20, lr=1e-2, wd=0.0), JointConfig(joint_epochs=2, joint_lr=2e-3, joint_bs=16384))
 RANK_RECIPE = Recipe(FLMConfig(objective='softmax', n_factors=64, reg=0.03, reg_bias=0.01, id_dropout=0.1, negatives='full', history=True,
-                               rate_factors=16), BatchConfig(bs=1024), FitConfig(epochs=12, lr=1e-2, wd=0.0),
+                               rate_factors=16), BatchConfig(bs=4096), FitConfig(epochs=12, lr=2e-2, wd=0.0, mixed_precision=True),
                      JointConfig(joint_epochs=1, joint_lr=2e-3, joint_bs=256))
 OBJECTIVES = {'rate': 'mse', 'rank': 'softmax', 'both': 'mse+softmax'}   # what `train_flm(objective=...)` accepts besides the losses
 LM_LR = {'top_k': 1e-4, 'lora': 1e-3, 'full': 3e-5}   # default learning rates of the language model in joint training
@@ -499,14 +564,14 @@ def flm_learner(
     device = default_device() if device is None else torch.device(device)
     item_text, user_text, lkw = _towers(train, text, r.joint, encoder, item_vectors, user_vectors, user_titles)
     y_range = r.model.y_range or (train.scale[0] - 0.5, train.scale[1] + 0.5)     # the data's scale, widened by 0.5 on each side
-    model = FLM(train.n_users, train.n_items, replace(r.model, y_range=y_range), item_text, user_text,
-                mean=float(train.ratings.rating.mean())).set_seen(train)
+    model = sparse_grads(FLM(train.n_users, train.n_items, replace(r.model, y_range=y_range), item_text, user_text,
+                mean=float(train.ratings.rating.mean())).set_seen(train))
     cbs = _flm_cbs(model, r, text, cbs, checkpoint, kwargs.pop('load_best', True))
     loss = FLMLoss(model, log_q(model, train, r.batches.neg_alpha) if r.batches.logq else None)
-    learn = Learner(_flm_dls(train, valid, model, r.batches, device, seed), model.to(device), loss_func=loss, wd=r.fit.wd,
+    learn = Learner(_flm_dls(train, valid, model, r.batches, device, seed), model.to(device), loss_func=loss, opt_func=lazy_adam, wd=r.fit.wd,
                     metrics=flm_metrics(model, train, valid, r.fit.k), cbs=cbs, **(lkw | kwargs))
     learn.recipe = r
-    return core.mixed_precision(learn, device, r.fit.mixed_precision)
+    return flm_mixed_precision(learn, device, r.fit.mixed_precision, cpu=text not in _JOINT)
 
 # %% ../nbs/08_learner.ipynb #03f0fb80
 def resume(learn:Learner, fname:str='flm') -> int:
@@ -607,5 +672,7 @@ def distributed(learn:Learner, **kwargs):
     cb = FLMDistributedTrainer(sync_bn=False, cpu=learn.dls.device is None or torch.device(learn.dls.device).type == 'cpu', **kwargs)
     learn.add_cb(cb)
     if rank_distrib(): learn.remove_cb(ProgressCallback)
+    m = _bare(learn.model); sparse = m.u_weight.sparse
+    sparse_grads(m, False)                   # NCCL averages dense gradients only
     try: yield learn
-    finally: learn.remove_cb(cb)
+    finally: learn.remove_cb(cb); sparse_grads(m, sparse)

@@ -1,5 +1,5 @@
 "The learner beyond the lesson: a real kill and resume, data-parallel training on 2 CPU processes, bad input."
-import os, signal, socket, subprocess, sys, textwrap
+import json, os, signal, socket, subprocess, sys, textwrap
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 import torch.multiprocessing as mp
@@ -87,6 +87,7 @@ def test_data_parallel_two_cpu_processes(tmp_path):
     from fine_tuning_flm.core import set_seed
     set_seed(0)
     single = flm_learner(trn, tst, item_vectors=iv, user_vectors=uv, bs=400, seed=0, device='cpu', id_dropout=0.0)
+    sparse_grads(single.model, False)             # `distributed` trains with dense gradients (every row steps), so the reference does too
     # the same global batches: one process, drop_last as the sharded loader does
     single.dls.train = single.dls.train.new(drop_last=True)
     with single.no_bar(), single.no_logging(): single.fit_one_cycle(2, 1e-2)
@@ -134,3 +135,56 @@ def test_every_learner_trims_freed_memory(monkeypatch):
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
     n = len(learn.dls.train)
     assert calls == [0] * len(range(0, n, 3)), (len(calls), n)
+
+# --- steps that cost what the batch touches (#24) --------------------------------------------------
+def test_a_step_moves_only_the_rows_of_the_batch():
+    "flm_learner's ID tables give sparse gradients and lazy_adam moves only the rows a batch touched, in one fused step per parameter."
+    d, iv, uv = toy()
+    trn, tst = d.split('random', valid_pct=0.2, seed=0)
+    learn = flm_learner(trn, tst, item_vectors=iv, user_vectors=uv, bs=64, id_dropout=0.0)
+    assert isinstance(learn.create_opt() or learn.opt, FLMOptimizer) and learn.model.u_weight.sparse
+    m = learn.model.train()
+    x, y = next(iter(learn.dls.train))
+    before = m.u_weight.weight.detach().clone()
+    (learn.loss_func(m(x), y) + m.penalty).backward()
+    assert m.u_weight.weight.grad.is_sparse
+    learn.opt.step(); learn.opt.zero_grad()
+    touched = torch.zeros(m.n_users, dtype=torch.bool); touched[x[:, 0]] = True
+    assert torch.equal(m.u_weight.weight[~touched], before[~touched]) and (m.u_weight.weight[touched] != before[touched]).all()
+    assert m.u_weight.weight.grad is None
+
+def test_lazy_adam_is_fastais_adam_on_dense_gradients():
+    from fastai.optimizer import Adam
+    g = torch.Generator().manual_seed(0)
+    w1 = torch.nn.Parameter(torch.randn(7, 4, generator=g)); w2 = torch.nn.Parameter(w1.detach().clone())
+    o1, o2 = Adam([w1], lr=0.05, wd=0.01), lazy_adam([w2], lr=0.05, wd=0.01)
+    for k in range(8):
+        grad = torch.randn(7, 4, generator=g)
+        for o in (o1, o2): o.set_hypers(mom=0.85 + 0.01 * k, lr=0.05 * (k + 1) / 8)
+        w1.grad, w2.grad = grad.clone(), grad.clone(); o1.step(); o2.step(); o1.zero_grad(); o2.zero_grad()
+    torch.testing.assert_close(w1.detach(), w2.detach(), rtol=0, atol=1e-6)
+
+def test_cpu_mixed_precision_trains_a_ranking_model():
+    "mixed_precision=True: bf16 autocast on a CPU with bf16 instructions (else fp32); a ranking model's output holds None and still trains."
+    from fine_tuning_flm.learner import _cpu_bf16
+    d, iv, uv = toy()
+    trn, tst = d.split('random', valid_pct=0.2, seed=0)
+    learn = flm_learner(trn, tst, recipe_for('rank'), item_vectors=iv, user_vectors=uv, epochs=1, mixed_precision=True, device='cpu')
+    assert any(isinstance(cb, FLMMixedPrecision) for cb in learn.cbs) == _cpu_bf16()
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 1e-2)
+    assert np.isfinite(learn.recorder.values[-1][0])
+    assert not any(isinstance(cb, FLMMixedPrecision) for cb in flm_learner(trn, tst, item_vectors=iv, user_vectors=uv, device='cpu').cbs)   # default: CUDA only
+
+@pytest.mark.needs_data('ml-100k')
+def test_profile_quick(tmp_path):
+    "`python -m benchmarks.profile --quick --measures u1`: every phase measured, the phases add up to the fit, and the provenance record."
+    out = tmp_path/'p.json'
+    r = subprocess.run([sys.executable, '-m', 'benchmarks.profile', '--quick', '--measures', 'u1', '--out', str(out)], cwd=Path(__file__).parents[1],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got['provenance']['command'] == f'python -m benchmarks.profile --quick --measures u1 --out {out}'
+    for name in ('FLM-mse', 'FLM-both'):
+        u = got['trees']['after']['u1'][name]
+        assert set(u['phases']) == set(got['phases']) and abs(sum(u['phases'].values()) - u['fit_seconds']) < 0.01
+        assert u['phases']['backward'] > 0 and u['phases']['optimizer step'] > 0 and u['batches'] > 0 and 0.8 < u['rmse'] < 1.3

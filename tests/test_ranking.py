@@ -99,3 +99,54 @@ def test_rank_fold_in_finds_the_liked_cluster():
     assert before.std() < 0.1 * s[torch.isfinite(s)].std()          # before any item: (almost) no preference
     with pytest.raises(ValueError, match='NaN'): m.fold_in(likes, [4, float('nan'), 5])
     with pytest.raises(ValueError, match='rank only'): m.predict([0], [1])
+
+def _reference(loss, logits, cand, target):
+    "The loss the old way: each row's positive in column 0, then every other column, a candidate equal to the positive masked out."
+    B = len(logits)
+    pos = logits[torch.arange(B), target][:, None]
+    c = cand if cand is None or cand.ndim == 2 else cand[None].expand(B, -1)
+    others = torch.ones_like(logits, dtype=torch.bool); others[torch.arange(B), target] = False
+    neg = logits[others].view(B, -1)
+    row = torch.cat([pos, neg], 1)
+    if c is None: return {'softmax': softmax_loss, 'bpr': bpr_loss, 'bce': bce_loss}[loss](row)
+    pc = c[torch.arange(B), target][:, None]
+    return {'softmax': softmax_loss, 'bpr': bpr_loss, 'bce': bce_loss}[loss](row, torch.cat([pc, c[others].view(B, -1)], 1))
+
+@pytest.mark.parametrize('loss', ['softmax', 'bpr', 'bce'])
+def test_losses_with_a_target_column_equal_the_positive_first_form(loss):
+    "The catalogue (no cand), shared columns with repeats (in-batch), and per-row candidates, each with the positive anywhere."
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 9, generator=g)
+    target = torch.randint(0, 9, (6,), generator=g)
+    f = {'softmax': softmax_loss, 'bpr': bpr_loss, 'bce': bce_loss}[loss]
+    shared = torch.tensor([3, 1, 3, 7, 1, 0, 5, 3, 2])                         # columns holding the same item twice or three times
+    per_row = torch.randint(0, 5, (6, 9), generator=g)
+    for cand in (None, shared, per_row):
+        assert f(logits, cand, target).item() == pytest.approx(_reference(loss, logits, cand, target).item(), rel=1e-5), (loss, cand)
+    assert f(logits[:, 1:], None, None).item() != pytest.approx(f(logits, None, torch.zeros(6, dtype=torch.long)).item())   # column 0 is the default
+
+def test_full_catalogue_forward_is_one_product():
+    "negatives='full': the logits are the catalogue's (no candidate matrix), the positive's column is its item code, and the softmax is cross-entropy."
+    d = _toy()
+    m = FLM(d.n_users, d.n_items, n_factors=4, objective='softmax', history=True, item_text=torch.randn(d.n_items, 5)).set_seen(d).train()
+    x = torch.tensor(d.ratings[['user', 'item']].to_numpy()[:16])
+    ratings, logits, cand, target = m(x)
+    assert ratings is None and cand is None and logits.shape == (16, d.n_items) and torch.equal(target, x[:, 1])
+    assert FLMLoss(m)((ratings, logits, cand, target), torch.ones(16)).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item(), rel=1e-6)
+
+@pytest.mark.parametrize('n', [2, 30])
+def test_pooled_history_paths_agree_with_embedding_bag(n):
+    "A batch of few users (their own bags, transposed per step) or of most users (every user's bags, transposed once): the sums and the gradient of EmbeddingBag's."
+    d = _toy()
+    m = FLM(d.n_users, d.n_items, n_factors=4, history=True).set_seen(d)
+    users = torch.arange(n) % d.n_users
+    ui = d.user_items()
+    ptr, items = torch.tensor(ui.ptr), torch.tensor(ui.items)
+    lens = ptr[users + 1] - ptr[users]
+    idx = torch.cat([items[ptr[u]:ptr[u + 1]] for u in users.tolist()])
+    w = m.hist.weight
+    ref = torch.nn.functional.embedding_bag(idx, w, torch.cumsum(lens, 0) - lens, mode='sum') / lens.clamp(min=1)[:, None] ** m.history_alpha
+    g = torch.randn_like(ref)
+    got = m.pooled_history(users)
+    assert torch.allclose(got, ref, atol=1e-6)
+    assert torch.allclose(torch.autograd.grad((got * g).sum(), w)[0], torch.autograd.grad((ref * g).sum(), w)[0], atol=1e-6)
