@@ -1,11 +1,12 @@
 """Where an FLM fit spends its time, and the same fits with the code of another commit, side by side in one run (#24).
 
-    python -m benchmarks.profile --before 0d6d71a --out benchmarks/results/profile.json   # before and after (~25 min on 2 cores)
+    python -m benchmarks.profile --before 4c1ed18~1 --after 4c1ed18 --out benchmarks/results/profile.json   # before and after #24 (~25 min on 2 cores)
     python -m benchmarks.profile --quick                                                  # CI size (a 20 % sample, 2 epochs, 100 k synthetic ratings)
 
 Each measurement runs in a fresh process of its own (`python -m benchmarks.profile --measure NAME`), once with the
-library of this tree ("after") and, with `--before REF`, once with the library of commit REF ("before": its
-`fine_tuning_flm/` is taken with `git archive` and put first on that process's path). The two alternate, so both see
+library of this tree or of commit `--after REF` ("after") and, with `--before REF`, once with the library of commit REF
+("before"): a commit's `fine_tuning_flm/` is taken with `git archive` and put first on that process's path, so that
+uncommitted changes of other modules reach neither side. The two alternate, so both see
 about the same load; every number is a ratio inside one run, or a wall time beside the load average it ran under.
 
 Measurements:
@@ -304,6 +305,7 @@ def main(argv=None):
     argv = [str(x) for x in (sys.argv[1:] if argv is None else argv)]
     p = argparse.ArgumentParser(prog='python -m benchmarks.profile', description=__doc__.splitlines()[0])
     p.add_argument('--before', default=None, metavar='REF', help="also measure the library of this commit (e.g. the one before a speed-up)")
+    p.add_argument('--after', default=None, metavar='REF', help="the library of this commit as 'after' (default: this tree's, with any uncommitted change)")
     p.add_argument('--measures', nargs='+', default=list(MEASURES), choices=MEASURES)
     p.add_argument('--measure', default=None, choices=MEASURES, help=argparse.SUPPRESS)     # one measurement, in this process
     p.add_argument('--quick', action='store_true', help='CI size: a 20 %% sample of ml-100k, 2 epochs, 100 k synthetic ratings')
@@ -325,8 +327,11 @@ def main(argv=None):
         trees = {}
         if a.before:
             commit = _git('rev-parse', a.before).strip()
-            trees['before'] = (code_of(commit, Path(tmp)), commit)
-        trees['after'] = (None, prov.start['git_commit'] + (' + uncommitted changes' if prov.start['git_dirty'] else ''))
+            trees['before'] = (code_of(commit, Path(tmp)/'before'), commit)
+        if a.after:
+            commit = _git('rev-parse', a.after).strip()
+            trees['after'] = (code_of(commit, Path(tmp)/'after'), commit)
+        else: trees['after'] = (None, prov.start['git_commit'] + (' + uncommitted changes' if prov.start['git_dirty'] else ''))
         for t, (_, commit) in trees.items(): res['trees'][t] = dict(code=commit)
         for m in a.measures:
             for t, (code, _) in trees.items():
