@@ -217,10 +217,13 @@ def lazy_adam(params, lr=1e-3, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01) -> FLMO
     "fastai's `Adam` (its defaults, decoupled weight decay) stepping with `lazy_adam_step`: the optimizer of `flm_learner`."
     return FLMOptimizer(params, [lazy_adam_step], lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
 
-def sparse_grads(model:FLM, on:bool=True) -> FLM:
-    "Have the model's ID tables (users', items', their biases, the ratings' own factors) give sparse gradients: the rows of the batch only."
-    for e in (model.u_weight, model.i_weight, model.u_bias, model.i_bias, model.i_rbias, model.u_rw, model.i_rw):
-        if e is not None: e.sparse = on
+def _id_tables(model:FLM) -> list:
+    "The model's ID tables: users', items', their biases, the ratings' own factors."
+    return [e for e in (model.u_weight, model.i_weight, model.u_bias, model.i_bias, model.i_rbias, model.u_rw, model.i_rw) if e is not None]
+
+def sparse_grads(model:FLM, on:bool=True, min_rows:int=0) -> FLM:
+    "Have the model's ID tables of at least `min_rows` rows give sparse gradients (the rows of the batch only), the others dense ones."
+    for e in _id_tables(model): e.sparse = on and e.num_embeddings >= min_rows
     return model
 
 # %% ../nbs/08_learner.ipynb #9b97ec5f
@@ -565,7 +568,7 @@ def flm_learner(
     item_text, user_text, lkw = _towers(train, text, r.joint, encoder, item_vectors, user_vectors, user_titles)
     y_range = r.model.y_range or (train.scale[0] - 0.5, train.scale[1] + 0.5)     # the data's scale, widened by 0.5 on each side
     model = sparse_grads(FLM(train.n_users, train.n_items, replace(r.model, y_range=y_range), item_text, user_text,
-                mean=float(train.ratings.rating.mean())).set_seen(train))
+                mean=float(train.ratings.rating.mean())).set_seen(train), min_rows=4 * r.batches.bs)      # tables a batch touches a small part of
     cbs = _flm_cbs(model, r, text, cbs, checkpoint, kwargs.pop('load_best', True))
     loss = FLMLoss(model, log_q(model, train, r.batches.neg_alpha) if r.batches.logq else None)
     learn = Learner(_flm_dls(train, valid, model, r.batches, device, seed), model.to(device), loss_func=loss, opt_func=lazy_adam, wd=r.fit.wd,
@@ -672,7 +675,9 @@ def distributed(learn:Learner, **kwargs):
     cb = FLMDistributedTrainer(sync_bn=False, cpu=learn.dls.device is None or torch.device(learn.dls.device).type == 'cpu', **kwargs)
     learn.add_cb(cb)
     if rank_distrib(): learn.remove_cb(ProgressCallback)
-    m = _bare(learn.model); sparse = m.u_weight.sparse
-    sparse_grads(m, False)                   # NCCL averages dense gradients only
+    tables = {e: e.sparse for e in _id_tables(_bare(learn.model))}
+    for e in tables: e.sparse = False        # NCCL averages dense gradients only
     try: yield learn
-    finally: learn.remove_cb(cb); sparse_grads(m, sparse)
+    finally:
+        learn.remove_cb(cb)
+        for e, s in tables.items(): e.sparse = s
