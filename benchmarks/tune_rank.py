@@ -9,7 +9,8 @@ side is split again the same way (ratio 0.8, seed 1) into fit and validation par
 from `RANK_RECIPE`, each setting in turn takes the grid value with the best validation NDCG@10 (full catalogue,
 the user's fit items left out), the others held. Every run, its settings and its score are written to `--out`.
 
-`--speed` (#24) starts from `RANK_RECIPE` as it is and makes it cheaper, one setting at a time, in the order of `SPEED`:
+`--speed` (#24) starts from the descent's choice (`--start`, the committed tune_rank.json: its batch size, learning rate and
+epochs, in fp32) and makes it cheaper, one setting at a time, in the order of `SPEED`:
 bf16 autocast (`mixed_precision`, where the CPU has bf16 instructions), larger batches with the learning rate scaled
 (linearly and by the square root of the batch growth), fewer epochs. Each candidate is scored by its validation NDCG@10,
 the mean over `--seeds` training seeds; a setting takes the cheapest value whose score is within `--tol` (0.002) of
@@ -18,12 +19,13 @@ bounded by `--tol`, not by `--tol` per step. Fit seconds are recorded for each r
 order above, not the seconds, decides what is cheaper).
 """
 import argparse, json, os, sys, time
+from pathlib import Path
 import torch
 
 from fine_tuning_flm.core import set_seed
 from fine_tuning_flm.learner import RANK_RECIPE, text_vectors, train_flm
 from benchmarks.common import movielens
-from benchmarks.provenance import Run
+from benchmarks.provenance import ROOT, Run
 
 SPEED = ('mixed_precision', 'bs', 'epochs')
 
@@ -52,7 +54,8 @@ def speed_candidates(name, best, quick=False) -> list:
 
 def speed(a, fit, val, iv, uv, log=print) -> dict:
     "Cheaper settings of `RANK_RECIPE`, one at a time, within `a.tol` of its own validation NDCG@10 (the mean over `a.seeds` seeds)."
-    start = {k: RANK_RECIPE[k] for k in ('mixed_precision', 'bs', 'lr', 'epochs')}
+    done = json.loads(Path(a.start).read_text())['chosen']['settings'] if a.start else {}   # the descent's choice: where the speed stage starts
+    start = {k: done.get(k, RANK_RECIPE[k]) for k in ('bs', 'lr', 'epochs')} | dict(mixed_precision=None)
     if a.quick: start['epochs'] = 2
     runs, cache = [], {}
     def score(s):
@@ -88,6 +91,8 @@ def main(argv=None):
     p.add_argument('--speed', action='store_true', help='the speed stage instead of the descent: cheaper settings within --tol')
     p.add_argument('--tol', type=float, default=0.002, help='--speed: the validation NDCG@10 a cheaper recipe may lose (default 0.002)')
     p.add_argument('--seeds', type=int, default=2, help='--speed: training seeds per candidate (default 2)')
+    p.add_argument('--start', default=str(ROOT/'benchmarks'/'results'/'tune_rank.json'), help="--speed: start from the 'chosen' settings of this descent (batch size, "
+                   "learning rate, epochs; fp32); '' : from RANK_RECIPE's")
     a = p.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     prov = Run(__spec__.name, argv, out=a.out)
