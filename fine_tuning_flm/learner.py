@@ -192,7 +192,7 @@ class TrimMemory(Callback):
 def _adam(p, g, grad_avg, sqr_avg, step:int, lr, mom, sqr_mom, eps, wd):
     "fastai's Adam update (decoupled weight decay, debiased moments) of `p` in one fused kernel: PyTorch's functional `adam`, the same formula."
     steps = [torch.full((), float(step - 1), device=p.device)]          # `adam` counts this step itself
-    _torch_adam([p], [g], [grad_avg], [sqr_avg], [], steps, fused=True, decoupled_weight_decay=True, amsgrad=False, maximize=False,
+    _torch_adam([p], [g], [grad_avg], [sqr_avg], [], steps, fused=p.device.type in ('cpu', 'cuda'), decoupled_weight_decay=True, amsgrad=False, maximize=False,
                 beta1=mom, beta2=sqr_mom, lr=lr, weight_decay=wd, eps=eps)
 
 def lazy_adam_step(p, lr, mom, sqr_mom, eps, wd=0., do_wd=True, grad_avg=None, sqr_avg=None, step=0, **kwargs):
