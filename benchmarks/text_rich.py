@@ -18,7 +18,8 @@ Systems:
   one of them; inductive frozen (stage 1 + control) vs fine-tuned (the chosen mode), text+ID, content kNN.
 Peak memory is this process's VmHWM. Run:
     python -m benchmarks.text_rich --recbole-python rbenv/bin/python --out benchmarks/results/text_rich.json
-    python -m benchmarks.text_rich --quick --out /tmp/q.json      # about 2 minutes: a sample of users, few epochs, one seed
+    python -m benchmarks.text_rich --quick --out /tmp/q.json      # a sample of users, few epochs, one seed (CI: tests/test_text_rich.py)
+    # a shorter budget: --epochs 15 --joint-epochs 1 --id-seeds 1 --heldout-seeds 0 --recbole-epochs 5
 """
 import argparse, json, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -116,6 +117,9 @@ def parse(argv):
     p.add_argument('--modes', nargs='+', default=['top_k'], help="fine-tuning modes tried (top_k: the recipe's top layer); the one with the best mean valid NDCG@10 is reported")
     p.add_argument('--heldout-seeds', type=int, nargs='+', default=[0, 1, 2], help='training seeds of the new-items part (one split of the items)')
     p.add_argument('--recbole-epochs', type=int, default=30)
+    p.add_argument('--epochs', type=int, help="at most this many stage-1 epochs (default: the recipe's, with early stopping on valid)")
+    p.add_argument('--joint-epochs', type=int, help="epochs of the joint stage and of its control (default: the recipe's)")
+    p.add_argument('--id-seeds', type=int, help='train the ID and text+ID models (and the blend) on the first N seeds only (default: every seed)')
     p.add_argument('--lams', type=float, nargs='+', default=[50, 100, 200, 400, 800], help="EASE's lambdas, chosen on valid")
     p.add_argument('--recbole-python', default=sys.executable, help='the Python that runs RecBole (it needs pandas < 3)')
     p.add_argument('--no-recbole', action='store_true'); p.add_argument('--no-heldout', action='store_true')
@@ -135,6 +139,8 @@ def setup(a):
         trn, val, tst = subsample(trn, val, tst, 1500)
         a.seeds, a.modes, a.lams, a.heldout_seeds = a.seeds[:1], [], a.lams[:1], a.heldout_seeds[:1]
     recipe = SEQ_RECIPE.replace(epochs=3, joint_epochs=1, early_stop=None) if a.quick else SEQ_RECIPE
+    if a.epochs: recipe = recipe.replace(epochs=a.epochs)
+    if a.joint_epochs: recipe = recipe.replace(joint_epochs=a.joint_epochs)
     vecs, t_enc = timed(TextEncoder(max_length=96).encode, trn.items.text.tolist(), cache=True, progress=False)
     return data, trn, val, tst, recipe, vecs, dict(load_seconds=t_load, encode_seconds=t_enc, n_users=int(trn.n_users), n_items=int(trn.n_items),
                                                  train_interactions=int(len(trn.sequences.items)), quick=a.quick)
@@ -145,13 +151,15 @@ def part_warm(a, trn, val, tst, recipe, vecs, ease_model, log) -> tuple:
     "Our three item sides per seed, then the joint stages from each seed's inductive model."
     from fine_tuning_flm.sequential import Blend
     rows, bases = {'FLM-seq ID': [], 'FLM-seq text (inductive)': [], 'FLM-seq text+ID': [], BLEND: []}, {}
-    for s in a.seeds:
+    for j, s in enumerate(a.seeds):
         made = {}
         for name, items in (('FLM-seq ID', 'id'), ('FLM-seq text (inductive)', 'text'), ('FLM-seq text+ID', 'text+id')):
+            if items != 'text' and a.id_seeds is not None and j >= a.id_seeds: continue
             learn, row = ours(trn, val, recipe, 'frozen', vecs, s, a.progress, tst, items=items)
             rows[name].append(row); made[items] = learn.model
             log(f"{name} seed {s}: valid N@10 {row['valid']['N@10']:.4f} test N@10 {row['test']['N@10']:.4f} ({row['fit_seconds']:.0f} s)")
             if items == 'text': bases[s] = learn
+        if 'text+id' not in made: continue
         b, sec = timed(Blend({'text': made['text'], 'text+id': made['text+id'], 'EASE': ease_model}).fit_weights, val)
         rows[BLEND].append(dict(seed=s, weights=b.weights, weights_seconds=sec, **scored(b, val, tst)))
         log(f"{BLEND} seed {s}: weights {b.weights} test N@10 {rows[BLEND][-1]['test']['N@10']:.4f}")
