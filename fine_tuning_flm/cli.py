@@ -125,9 +125,9 @@ def _train_command(sub, common):
     g.add_argument('--positive-rating', type=_number, metavar='R', help='rank/both: only ratings of at least R are the choices to find more of (default: every rating, as the benchmarks count)')
     g.add_argument('--text', default='frozen', choices=TEXT_MODES, help='frozen MiniLM vectors (default), none, or joint fine-tuning of the LM (with --recbole: a second stage)')
     g.add_argument('--epochs', type=_int_min(1), help="default: the recipe's (12 for both and rank, 20 for rate; --recbole: up to 60, stopping when validation stops improving)")
-    g.add_argument('--lr', type=_positive, help='default: the recipe (0.01)')
+    g.add_argument('--lr', type=_positive, help="default: the recipe's (0.01 for rate, 0.02 for both and rank, scaled down by sqrt(ratings / batch size) when the training side is smaller than one batch)")
     g.add_argument('--id-dropout', type=_number, metavar='P', help="the chance of dropping an item's ID part in a training example, which teaches the model to score items from their text (default: the recipe's 0.1)")
-    g.add_argument('--bs', type=_int_min(1), metavar='N', help="ratings per batch (default: the recipe's, 4096 for rate and 1024 for both and rank; --recbole: histories, 128); split across the processes of --distributed")
+    g.add_argument('--bs', type=_int_min(1), metavar='N', help="ratings per batch (default: the recipe's, 4096; --recbole: histories, 128); split across the processes of --distributed")
     g.add_argument('--distributed', action='store_true',
                    help='data-parallel training across the processes of a launch: torchrun --nproc_per_node P [--nnodes N ...] -m fine_tuning_flm.cli train ... --distributed')
     g.add_argument('--checkpoint', action='store_true', help='checkpoint every epoch in OUT.checkpoint/ and resume there after an interruption')
