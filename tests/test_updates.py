@@ -5,17 +5,17 @@ CSV reader that stops at an absurd field; symlinked model paths; ids of the wron
 small ones (a decoding error names its file, control characters are not printed raw, --time-col, --seed, the --scale
 hint, --rated with spaces, empty item texts, no lock file left behind); and a model whose save was killed between its
 two renames is found and restored. No training: the small hand-made model of test_save."""
-import json, os, resource, shutil, subprocess, sys, time, warnings
+import os, shutil, subprocess, sys, time
 from pathlib import Path
 
 import numpy as np, pandas as pd, pytest
 
 import fine_tuning_flm.recommend as R
-import fine_tuning_flm.store as S
-from fine_tuning_flm.cli import main, parser
+from fine_tuning_flm.cli import parser
 from fine_tuning_flm.data import show_value
 from fine_tuning_flm.recommend import Recommender
 from test_save import StubEncoder, same, tiny as small
+from test_cli import flm, refused                                  # `flm ...` as the shell runs it, and its one-line refusals
 
 flock_only = pytest.mark.skipif(os.name == 'nt', reason='flock')
 
@@ -25,20 +25,6 @@ def no_training(monkeypatch):
     import fine_tuning_flm.learner as L
     def refuse(*a, **k): raise AssertionError('train_flm was called')
     monkeypatch.setattr(L, 'train_flm', refuse)
-
-def flm(capsys, *args) -> tuple:
-    "Run `main` as the shell would: (exit status, stdout, stderr)."
-    try: main([str(a) for a in args]); code = 0
-    except SystemExit as e: code = e.code
-    c = capsys.readouterr()
-    return code, c.out, c.err
-
-def refused(capsys, *args, match:str) -> str:
-    code, out, err = flm(capsys, *args)
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith('flm: error: '), (code, err)
-    assert __import__('re').search(match, lines[0]), lines[0]
-    return lines[0]
 
 def leftovers(d:Path) -> list: return sorted(p.name for p in d.iterdir() if p.name.startswith('.'))
 
