@@ -135,6 +135,15 @@ def _train_command(sub, common):
     t.add_argument('--out', required=True, metavar='FOLDER', help='where to save the model (replaced only by a complete new one)')
     t.add_argument('--quiet', action='store_true', help='no progress bars')
 
+# %% ../nbs/14_cli.ipynb #a25c2013
+def _who(p, history:str=''):
+    "The user a command is about, exactly one of: `--user` (a user of the model), `--rated` (a new user), `--history` (a next-item model's items so far)."
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument('--user', help='a user of the model')
+    who.add_argument('--rated', type=_rated, metavar='ITEM:RATING,...', help='a new user, e.g. "50:5,172:5,1:2"')
+    who.add_argument('--history', type=_ids, metavar='ID,...', help='a next-item model (flm train --recbole): the items so far, oldest first' + history)
+    return who
+
 # %% ../nbs/14_cli.ipynb #2eb7975d
 def _reading_commands(sub, common):
     "The commands that read a saved model: evaluate, predict, recommend and similar."
@@ -151,10 +160,7 @@ def _reading_commands(sub, common):
 
     r = sub.add_parser('recommend', parents=[common], help='the top k for a user, or for a new user folded in from a few ratings')
     _model_args(r)
-    who = r.add_mutually_exclusive_group(required=True)
-    who.add_argument('--user', help='a user of the model')
-    who.add_argument('--rated', type=_rated, metavar='ITEM:RATING,...', help='a new user, e.g. "50:5,172:5,1:2"')
-    who.add_argument('--history', type=_ids, metavar='ID,...', help='a next-item model (flm train --recbole): the items so far, oldest first; any history, seen in training or not')
+    who = _who(r, '; any history, seen in training or not')
     who.add_argument('--all', action='store_true', help='every user of the model, written to --out')
     r.add_argument('--explain', action='store_true', help="add a 'because' column: the two history items that raise each item's score most")
     r.add_argument('-k', type=_int_min(1), default=10)
@@ -170,10 +176,7 @@ def _explain_command(sub, common):
     "`flm explain`: why an item scores what it does for a user, a new user, or a history."
     x = sub.add_parser('explain', parents=[common], help='why an item scores what it does for a user: the history items behind it, the other parts, its text fields')
     _model_args(x)
-    who = x.add_mutually_exclusive_group(required=True)
-    who.add_argument('--user', help='a user of the model')
-    who.add_argument('--rated', type=_rated, metavar='ITEM:RATING,...', help='a new user, e.g. "50:5,172:5,1:2"')
-    who.add_argument('--history', type=_ids, metavar='ID,...', help='a next-item model (flm train --recbole): the items so far, oldest first')
+    _who(x)
     x.add_argument('--item', required=True, help='the item to explain (not one the user rated)')
     x.add_argument('-k', type=_int_min(1), default=5, help='history items shown by name (default 5)')
 

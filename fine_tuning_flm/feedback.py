@@ -203,8 +203,9 @@ def plot_calibration(tables:dict, ax=None):
     return ax
 
 # %% ../nbs/13_feedback.ipynb #4e7c563b
-def _click_user(rec, u, truth_row, items, vals, rng, coins, name, learn, rounds, k, start, policy_kw) -> list:
-    "`simulate_clicks`'s rounds for user code `u` (real ratings `vals` of `items`; click probabilities `truth_row`): a row per round; `rec` learns each click."
+def _click_user(rec, u, truth_row, rated, rng, coins, name, learn, rounds, k, start, policy_kw) -> list:
+    "`simulate_clicks`'s rounds for user code `u` (real ratings `rated`: (item codes, values); click probabilities `truth_row`): a row per round; `rec` learns each click."
+    items, vals = rated
     n0 = int(rng.integers(start[0], start[1] + 1))
     pick = rng.choice(len(items), min(n0, len(items)), replace=False) if n0 else np.zeros(0, np.int64)
     uid, hi, code = rec.users.id[u], rec.scale[1], pd.Index(rec.items.id)
@@ -250,7 +251,7 @@ def simulate_clicks(rec:Recommender, # trained without the simulated users; it i
     rows = []
     for u in users:
         coins = np.random.default_rng([seed, int(u)]).random(truth.shape[1])       # the same coins for every policy
-        rows += _click_user(rec, u, truth[u], ui[u], ui.values[ui.ptr[u]:ui.ptr[u + 1]], rng, coins, name, learn, rounds, k, start, policy_kw)
+        rows += _click_user(rec, u, truth[u], (ui[u], ui.values[ui.ptr[u]:ui.ptr[u + 1]]), rng, coins, name, learn, rounds, k, start, policy_kw)
     return pd.DataFrame(rows).assign(policy=name, seed=seed)
 
 # %% ../nbs/13_feedback.ipynb #3c0b0cf8

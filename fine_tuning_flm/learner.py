@@ -96,13 +96,14 @@ class InteractionsDL(DataLoader):
         drop_last:bool=False,
         device=None,
         seed:int|None=None, # shuffle (and sample) with this seed (+ epoch) instead of torch's global RNG; needed across processes
-        rank:int=0, world_size:int=1, # this process's share of each batch
+        shard:tuple=(0, 1), # (rank, world_size): this process's share of each batch in data-parallel training
         neg:int=0, # negatives per row, appended as extra columns of x: (B, 2 + neg)
         n_items:int|None=None, # size of the catalogue negatives come from (needed with `neg`)
         neg_weights:torch.Tensor|None=None, # (n_items,) sampling weights, e.g. popularity ** alpha; None: uniform
         reject:torch.Tensor|None=None, # sorted `pair_keys` that are never negatives (the users' known positives)
         **kwargs):
         if len(x) != len(y): raise ValueError(f"InteractionsDL: {len(x):,} code pairs but {len(y):,} ratings")
+        rank, world_size = shard
         if world_size > 1 and seed is None: raise ValueError("InteractionsDL: data-parallel shuffling needs a seed shared by all processes")
         if neg and not n_items: raise ValueError("InteractionsDL: sampling negatives needs n_items")
         if not isinstance(neg, (int, np.integer)) or neg < 0: raise ValueError(f"InteractionsDL: neg must be an int >= 0, got {neg!r}")
@@ -150,7 +151,7 @@ def __iter__(self:InteractionsDL):
 def new(self:InteractionsDL, x:torch.Tensor|None=None, y:torch.Tensor|None=None, **kwargs):
     "A copy of this loader with some settings changed, over other rows `x`, `y` if given."
     kw = dict(bs=self.bs, shuffle=self.shuffle, drop_last=self.drop_last, device=self.device, seed=self.seed,
-              rank=self.rank, world_size=self.world_size, neg=self.neg, n_items=self.n_items, neg_weights=self.neg_weights, reject=self.reject)
+              shard=(self.rank, self.world_size), neg=self.neg, n_items=self.n_items, neg_weights=self.neg_weights, reject=self.reject)
     kw.update({k: v for k, v in kwargs.items() if k in kw})
     return type(self)(self.x if x is None else x, self.y if y is None else y, **kw)
 
@@ -665,7 +666,7 @@ class FLMDistributedTrainer(DistributedTrainer):
     def _wrap_dl(self, dl):
         if not isinstance(dl, InteractionsDL): return super()._wrap_dl(dl)
         if dl.world_size > 1 or not dl.shuffle: return dl   # already sharded, or validation: every process sees it all
-        return dl.new(rank=rank_distrib(), world_size=num_distrib(), drop_last=True)
+        return dl.new(shard=(rank_distrib(), num_distrib()), drop_last=True)
 
 @contextmanager
 def distributed(learn:Learner, **kwargs):

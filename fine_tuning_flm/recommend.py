@@ -546,8 +546,7 @@ def _vocab_tables(raw:dict, path:Path, m:dict, c:dict) -> dict:
 @patch(cls_method=True)
 def load(cls:Recommender, path:str|Path) -> Recommender:
     "Load a `Recommender` saved with `save`, after checking every file against the manifest; a save killed between its two renames is restored first."
-    path = Path(path)
-    if (old := restore_interrupted(path, on_wait=warnings.warn)) is not None: warnings.warn(f"{path}: restored the model from an interrupted save (its complete copy {old.name})")
+    path = restored(path)
     m = read_manifest(path)
     raw = verified_files(path, m)
     s, c, sized = _model_sizes(raw, m, path/'model.safetensors')
@@ -1276,8 +1275,7 @@ def save(self:NextItemRecommender, path:str|Path) -> Path:
 @patch(cls_method=True)
 def load(cls:NextItemRecommender, path:str|Path) -> NextItemRecommender:
     "Load a model saved with `save`, after checking every file against the manifest; a save killed between its two renames is restored first."
-    path = Path(path)
-    if (old := restore_interrupted(path, on_wait=warnings.warn)) is not None: warnings.warn(f"{path}: restored the model from an interrupted save (its complete copy {old.name})")
+    path = restored(path)
     m = _next_manifest(path); raw = verified_files(path, m)
     c, s = _next_settings(raw['config.json'], path/'config.json')
     if s['n_items'] != m['n_items']: raise ValueError(f"{path/'config.json'}: {s['n_items']:,} items, the manifest says {m['n_items']:,}")

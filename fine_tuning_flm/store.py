@@ -6,10 +6,10 @@
 __all__ = ['MODEL_FORMAT', 'MODEL_VERSION', 'NEW_COLUMNS', 'MODEL_FILES', 'OPTIONAL_FILES', 'table_from', 'table_bytes',
            'history_tensors', 'new_tensors', 'put_file', 'model_path', 'FolderLocked', 'folder_lock', 'check_target',
            'read_manifest', 'verified_files', 'check_layout', 'ratings_from', 'model_settings', 'model_shapes',
-           'check_saved', 'interrupted_saves', 'restore_interrupted']
+           'check_saved', 'interrupted_saves', 'restore_interrupted', 'restored']
 
 # %% ../nbs/11_store.ipynb #71c93393
-import contextlib, hashlib, io, json, os, re, shutil, time
+import contextlib, hashlib, io, json, os, re, shutil, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +299,11 @@ def restore_interrupted(path:str|Path, on_wait=None) -> Path|None:
         for p in left:
             if p != good[0]: shutil.rmtree(p, ignore_errors=True)
         return good[0]
+
+# %% ../nbs/11_store.ipynb #a25c0012
+def restored(path:str|Path) -> Path:
+    "`path`, ready for a loader: a save killed between its renames is restored first (`restore_interrupted`), with a warning while it waits for a writer's lock and one naming the copy it put back."
+    path = Path(path)
+    if (old := restore_interrupted(path, on_wait=warnings.warn)) is not None:
+        warnings.warn(f"{path}: restored the model from an interrupted save (its complete copy {old.name})")
+    return path

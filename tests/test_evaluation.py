@@ -169,7 +169,7 @@ def test_evaluate_slices():
     assert res.set_index(['slice', 'metric']).n[('cold items', 'RMSE')] == 1
     res = evaluate(Fixed(trn), tst, trn, k=2, cold=True, by='users', metrics=['rmse'])
     assert res.set_index('slice').n.to_dict() == {'all': 6, 'warm users': 5, 'cold users': 1}
-    res = evaluate(Fixed(trn), tst, trn, k=2, cold=True, by='popularity', edges=(1, 2), metrics=['rmse'])
+    res = evaluate(Fixed(trn), tst, trn, k=2, cold=True, by=('popularity', (1, 2)), metrics=['rmse'])
     assert set(res.slice) == {'all', '0', '1-1', '2+'}
 
 def test_evaluate_bad_input():

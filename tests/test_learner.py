@@ -116,7 +116,7 @@ def test_unknown_codes_at_predict_time():
 
 def test_interactions_dl_rejects_mismatch():
     with pytest.raises(ValueError, match='10 code pairs but 9 ratings'): InteractionsDL(torch.zeros(10, 2, dtype=torch.long), torch.zeros(9))
-    with pytest.raises(ValueError, match='seed'): InteractionsDL(torch.zeros(10, 2, dtype=torch.long), torch.zeros(10), world_size=2, shuffle=True)
+    with pytest.raises(ValueError, match='seed'): InteractionsDL(torch.zeros(10, 2, dtype=torch.long), torch.zeros(10), shard=(0, 2), shuffle=True)
 
 def test_flm_learner_bad_text():
     d, iv, uv = toy(); trn, tst = d.split('random', valid_pct=0.2, seed=0)
