@@ -375,15 +375,15 @@ def _slice_rows(acc, item_slices, user_slices, base, want):
 EVAL_BATCH = 256 # users `evaluate` scores per call to `score_items` (bounds memory: EVAL_BATCH × n_items scores at once)
 
 def _ranking_rows(model, test, train, k, cold, threshold, slices, base, want, item_vectors, seed):
-    (item_slices, user_slices), batch_size = slices, EVAL_BATCH
+    item_slices, user_slices = slices
     r = test.ratings if threshold is None else test.ratings[test.ratings.rating >= threshold]
     rel_lists, seen_lists = UserItems(r, model.n_users), UserItems(train.ratings, model.n_users)
     info = self_information(train) if 'novelty' in want else None
     users = np.unique(r.user.to_numpy())
     perm = None if seed is None else np.random.default_rng(seed).permutation(model.n_items)
     acc = {name: [] for name in item_slices}
-    for s in range(0, len(users), batch_size):
-        ub = users[s:s+batch_size]
+    for s in range(0, len(users), EVAL_BATCH):
+        ub = users[s:s+EVAL_BATCH]
         scores = _model_scores(model, ub, cold)
         rel, seen = rel_lists.dense(ub, model.n_items), seen_lists.dense(ub, model.n_items)
         for name, items in item_slices.items():
