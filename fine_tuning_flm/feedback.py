@@ -8,7 +8,7 @@ __all__ = ['PROB_BINS', 'simulate', 'simulation_report', 'plot_simulation', 'int
            'plot_calibration', 'simulate_clicks', 'by_start', 'plot_curves']
 
 # %% ../nbs/13_feedback.ipynb #f4a9063e
-import contextlib, copy, json
+import copy, json
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np

@@ -8,7 +8,7 @@ __all__ = ['POLICIES', 'SERVE_METRICS', 'LEAD_OVER', 'SEQ_ENCODER', 'NEXT_FORMAT
            'load_model']
 
 # %% ../nbs/12_recommend.ipynb #3f33d45f
-import contextlib, copy, hashlib, json, re, time, warnings
+import contextlib, copy, hashlib, json, re, warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
