@@ -119,7 +119,8 @@ def main(argv=None):
     n, dev = len(texts), default_device(a.device)
     print(f'{n:,} {a.dataset} item texts, batch {a.batch_size}, max_length {a.max_length}, {a.rounds} rounds, '
           f'device {dev}, torch {torch.__version__} ({torch.get_num_threads()} threads), {platform.processor() or platform.machine()}')
-    print(f'load average before: {_load()}; CPU {_cpu()}')
+    load_before = _load()                             # now, before any encoder runs (not when the results are assembled)
+    print(f'load average before: {load_before}; CPU {_cpu()}')
 
     st = SentenceTransformer(str(bundled_model_path()), device=str(dev))
     st.max_seq_length = a.max_length
@@ -147,7 +148,7 @@ def main(argv=None):
         print(f'round {r+1}: ' + ', '.join(f'{k} {v[-1]:,.0f}/s' for k, v in rates.items()))
     res = dict(command=prov.start['command'], n=n,
                batch_size=a.batch_size, max_length=a.max_length, device=str(dev), torch=torch.__version__,
-               threads=torch.get_num_threads(), cpu=_cpu(), load_before=_load(), rounds=rates)
+               threads=torch.get_num_threads(), cpu=_cpu(), load_before=load_before, rounds=rates)
     med = {k: statistics.median(v) for k, v in rates.items()}
 
     ref, ours = out['sentence-transformers'].float(), out['TextEncoder fp32']
