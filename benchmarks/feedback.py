@@ -367,7 +367,7 @@ def main(argv=None):
             res['peer'][pol] = dict(clicks_per_user=P[pol]['mean'], our_best=best, our_best_clicks_per_user=P[best]['mean'],
                                     diff=P[best]['mean'] - P[pol]['mean'], diff_per_seed=same, rel=P[pol]['mean'] / P[best]['mean'] - 1,
                                     popularity_clicks_per_user=P.get('popularity', {}).get('mean'))
-            print(f"{pol}: {P[pol]['mean']:.3f} clicks/user; our best ({best}) {P[best]['mean']:.3f}: {res['peer'][pol]['rel']:+.1%}", flush=True)
+            print(f"{pol}: {P[pol]['mean']:.3f} clicks/user, {res['peer'][pol]['rel']:+.1%} against our best ({best}, {P[best]['mean']:.3f})", flush=True)
     if a.view == 'simulator':
         res['targets'] = targets(P)
         print('targets:', json.dumps({k: (v.get('met'), round(v.get('rel_gain', 0), 4)) if isinstance(v, dict) else v for k, v in res['targets'].items()}), flush=True)
