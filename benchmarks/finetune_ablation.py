@@ -1,6 +1,6 @@
 """Fine-tuning the language model through the ranking objective: frozen vs top_k vs LoRA vs full, 3 seeds.
 
-    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.finetune_ablation --out benchmarks/results/finetune_ablation.json   # ~100 min on 2 cores
+    OMP_WAIT_POLICY=PASSIVE python -m benchmarks.finetune_ablation --out benchmarks/results/finetune_ablation.json   # ~50 min on 2 cores
     python -m benchmarks.finetune_ablation --quick                       # CI-size smoke test (~4 min)
     python -m benchmarks.finetune_ablation --parts memory --device cuda  # one part, on a GPU (see --device)
 
