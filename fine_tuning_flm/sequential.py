@@ -474,12 +474,14 @@ def next_item_learner(
     text:str='frozen', # 'frozen', or 'top_k'/'lora'/'full': the language model trains in a second stage (`fit_next_item`)
     encoder=None, # the `TextEncoder` (default: the bundled MiniLM, 96 tokens per text)
     item_vectors=None, # precomputed text vectors of the items (skip encoding)
-    device=None, cbs:list|None=None, seed:int|None=None,
+    device=None, cbs:list|None=None,
+    seed:int|None=None, # seeds the model's initial weights, dropout and the shuffle (None: unseeded)
     **kwargs, # settings of `recipe`, then `Learner`'s
 ) -> Learner:
     "A fastai `Learner` for a `NextItem` model: training windows from `train.sequences`, validated by NDCG@k of `valid`'s targets."
     r = (recipe or SEQ_RECIPE).replace(**{k: kwargs.pop(k) for k in list(kwargs) if k in (recipe or SEQ_RECIPE)})
     c, device = r.model, (default_device() if device is None else torch.device(device))
+    if seed is not None: set_seed(seed)        # before the model is built: its initial weights are part of a seeded run
     model = NextItem.from_config(c, train.n_items, _seq_text(train, c, text, r.joint, encoder, item_vectors))
     model.items.seen.zero_(); model.items.seen[torch.as_tensor(np.unique(train.sequences.items))] = True
     dls = DataLoaders(NextItemDL(train.sequences, max_len=c.max_len, bs=r.batches.bs, shuffle=True, seed=seed),

@@ -69,6 +69,18 @@ def test_order_learns_the_ring(toy):
     fit_next_item(learn, progress=False)
     assert evaluate_next_item(learn.model, tst, ks=(1,))['R@1'] > 0.4                 # chance is 1/12
 
+def test_a_seed_makes_a_run_repeat(toy):
+    "`seed` fixes the initial weights, dropout and shuffle: the same seed trains to the same weights, another seed does not start from them."
+    trn, val, tst = toy
+    r = SEQ_RECIPE.replace(items='id', dim=8, epochs=2, early_stop=None, bs=32)
+    def run(seed, before):
+        torch.manual_seed(before); np.random.seed(before)       # the generators' state before the call must not matter
+        learn = next_item_learner(trn, val, r, seed=seed); init = {k: v.clone() for k, v in learn.model.state_dict().items()}
+        fit_next_item(learn, progress=False); return init, learn.model.state_dict()
+    (i0, w0), (i0b, w0b), (i1, _) = run(0, 1), run(0, 2), run(1, 1)
+    assert all(torch.equal(i0[k], i0b[k]) and torch.equal(w0[k], w0b[k]) for k in w0)
+    assert not all(torch.equal(i0[k], i1[k]) for k in i0)
+
 @pytest.mark.parametrize('mode', ['top_k', 'lora'])
 def test_the_joint_stage_trains_the_language_model_and_keeps_only_what_pays(toy, mode):
     trn, val, tst = toy
