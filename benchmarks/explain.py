@@ -120,11 +120,11 @@ def als_test(train, rng, users, threads:int) -> dict:
 # ---------------------------------------------------------------------------------------------------- the next-item model
 def train_seq_model(epochs:int):
     "A `NextItem` (items='text', frozen MiniLM) on Amazon Scientific, served as a `NextItemRecommender`; (rec, train, test, seconds)."
-    from fine_tuning_flm.core import data_dir, set_seed
+    from fine_tuning_flm.core import data_dir
     from fine_tuning_flm.sequential import load_recbole, next_item_learner, fit_next_item
     from fine_tuning_flm.recommend import NextItemRecommender
     trn, val, tst = load_recbole(data_dir()/'amazon-scientific')
-    set_seed(SEED); t = time.perf_counter()
+    t = time.perf_counter()
     learn = fit_next_item(next_item_learner(trn, val, seed=SEED), epochs=epochs, joint=False, progress=False)
     return NextItemRecommender.from_learner(learn, trn), trn, tst, time.perf_counter() - t
 

@@ -440,7 +440,6 @@ def cmd_train(a):
 # %% ../nbs/14_cli.ipynb #70761339
 def _train_recbole(a):
     "`flm train --recbole`: the next-item model of `10_sequential` on RecBole's sequence files, saved, then its Recall and NDCG@10 on the valid and test targets (nothing masked: RecBole's rule)."
-    from fine_tuning_flm.core import set_seed
     from fine_tuning_flm.sequential import load_recbole, next_item_learner, fit_next_item, evaluate_next_item
     from fine_tuning_flm.recommend import NextItemRecommender
     from fine_tuning_flm.store import folder_lock, check_target
@@ -449,7 +448,6 @@ def _train_recbole(a):
         check_target(out)
         trn, val, tst = load_recbole(a.recbole)
         print(f"data     {trn}\n         {val}\n         {tst}")
-        set_seed(a.seed)
         learn = next_item_learner(trn, val, text=a.text, seed=a.seed, items=a.items, **({'bs': a.bs} if a.bs else {}))
         t = time.perf_counter(); fit_next_item(learn, epochs=a.epochs, lr=a.lr, joint=a.text != 'frozen', progress=not a.quiet)
         print(f"trained  the next-item model (items {a.items}, text {a.text}) in {time.perf_counter() - t:.1f}s")

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
 
 from fine_tuning_flm.cli import main
-from fine_tuning_flm.core import set_seed
 from fine_tuning_flm.recommend import NextItemRecommender, Recommender, load_model
 from fine_tuning_flm.sequential import load_recbole, next_item_learner, fit_next_item
 
@@ -36,7 +35,6 @@ def shop(tmp_path_factory) -> Path:
 
 def served(shop, items='text', text='frozen', epochs=1, **kw) -> NextItemRecommender:
     trn, val, _ = load_recbole(shop)
-    set_seed(0)
     learn = next_item_learner(trn, val, text=text, items=items, seed=0, dim=16, **kw)
     return NextItemRecommender.from_learner(fit_next_item(learn, epochs=epochs, joint=text != 'frozen', progress=False), trn)
 

@@ -2,7 +2,6 @@
 import numpy as np, pandas as pd, pytest, torch
 from pathlib import Path
 
-from fine_tuning_flm.core import set_seed
 from fine_tuning_flm.sequential import *
 
 WORDS = ['multimeter', 'test leads', 'solder', 'flux', 'caliper', 'gloves', 'goggles', 'tape', 'resistor', 'capacitor', 'wire', 'clamp']
@@ -64,7 +63,6 @@ def toy(tmp_path_factory): return load_recbole(write_folder(tmp_path_factory.mkt
 
 def test_order_learns_the_ring(toy):
     trn, val, tst = toy
-    set_seed(0)
     learn = next_item_learner(trn, val, SEQ_RECIPE.replace(items='id', dim=16, epochs=40, early_stop=None, lr=1e-2, bs=32), seed=0)
     fit_next_item(learn, progress=False)
     assert evaluate_next_item(learn.model, tst, ks=(1,))['R@1'] > 0.4                 # chance is 1/12
@@ -85,7 +83,6 @@ def test_a_seed_makes_a_run_repeat(toy):
 def test_the_joint_stage_trains_the_language_model_and_keeps_only_what_pays(toy, mode):
     trn, val, tst = toy
     r = SEQ_RECIPE.replace(items='text', dim=16, epochs=2, early_stop=None, joint_epochs=1, joint_bs=64, max_items=8)
-    set_seed(0)
     base = next_item_learner(trn, val, r, seed=0); fit_next_item(base, progress=False)
     learn = warm_start(next_item_learner(trn, val, r, text=mode, seed=0), base)
     before = {k: v.clone() for k, v in learn.model.state_dict().items() if 'items.text' in k}
@@ -101,7 +98,6 @@ def test_new_items_and_blend(toy):
     trn, val, tst = toy
     htrn, hval, htst, held = hold_out_items(trn, val, tst, pct=0.25, seed=0)
     assert not np.isin(htrn.sequences.items, held).any() and np.isin(htst.ratings.item, held).all()
-    set_seed(0)
     learn = next_item_learner(htrn, hval, SEQ_RECIPE.replace(items='text', dim=16, epochs=2, early_stop=None), seed=0); fit_next_item(learn, progress=False)
     assert not learn.model.items.seen[torch.as_tensor(held)].any()
     assert torch.isinf(learn.model.train()(torch.tensor([[0, 1]]))[0, 0, torch.as_tensor(held)]).all()   # nobody's negative in training
